@@ -1,0 +1,70 @@
+"""The contract between a pre-training method and the engine.
+
+The engine owns the step (device, DDP, mixed precision, clipping, optimizer, schedule, NaN guard,
+validation, checkpoints). A method owns its networks and heads, the transform that turns a sampled
+crop into its views, and ``forward(batch) -> StepOutput``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nnssl.architectures.spec import ArchitectureSpec
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+
+
+@dataclass
+class StepOutput:
+    """A loss to minimise and detached scalar metrics to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class SSLMethod(nn.Module):
+    """Base class of every method.
+
+    Subclasses set ``config_cls`` (a dataclass of the method's hyper-parameters, overridable as
+    ``method.<field>`` on the command line) and implement :meth:`forward`. A sample handed to
+    :meth:`train_transform` is ``{"image": float32 array (C, X, Y, Z)}`` plus, when present,
+    ``"anatomy_mask"`` / ``"anonymization_mask"`` int8 arrays of shape (1, X, Y, Z); the default
+    collation stacks the returned arrays into batch tensors.
+    """
+
+    config_cls: ClassVar[type]
+
+    def __init__(self, cfg: Any, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1):
+        super().__init__()
+        self.cfg = cfg
+        self.arch = arch
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.in_channels = in_channels
+
+    def train_transform(self) -> Transform | None:
+        """Per-sample transform run in loader workers (views, masks); ``None`` passes samples through."""
+        return None
+
+    def val_transform(self) -> Transform | None:
+        """Per-sample transform for validation; deterministic where possible."""
+        return None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backbone(self) -> nn.Module:
+        """The network whose ``state_dict`` is saved as ``network_weights`` (keys match downstream)."""
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; by default one group with every trainable parameter, as upstream."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def on_step_end(self, step: int, max_steps: int) -> None:
+        """Called by the engine after every optimizer step (EMA teachers, schedules)."""
