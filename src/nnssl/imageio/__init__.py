@@ -1,1 +1,11 @@
-"""nnssl.imageio."""
+"""Reading 3D medical images into nnssl's canonical orientation.
+
+``read_header`` (header only), ``read_image`` (float32 (C, z, y, x)), ``read_mask`` (int8 (1, z, y, x)),
+``ImageHeader`` and ``ImageReadError``. SimpleITK reads first; nibabel takes over for files SimpleITK refuses.
+Canonical orientation: direction identity in SimpleITK's LPS convention, array axes as ``GetArrayFromImage``.
+"""
+
+from nnssl.imageio.header import CANONICAL_ORIENTATION, ImageHeader, ImageReadError
+from nnssl.imageio.reader import read_header, read_image, read_mask
+
+__all__ = ["CANONICAL_ORIENTATION", "ImageHeader", "ImageReadError", "read_header", "read_image", "read_mask"]
