@@ -1,0 +1,74 @@
+"""Tests of the blosc2 case store: round trip, lazy slicing, int8 masks, atomic writes, completion marker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnssl.data.case_store import (
+    case_is_complete,
+    chunk_and_block_shape,
+    data_path,
+    mask_path,
+    open_case,
+    properties_path,
+    write_case,
+)
+
+
+def _case(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    data = rng.normal(size=(1, 40, 36, 44)).astype(np.float32)
+    anat = (rng.random((1, 40, 36, 44)) > 0.5).astype(np.uint8)
+    anon = np.zeros((1, 40, 36, 44), dtype=np.float32)
+    anon[:, :5] = 1
+    return data, {"anatomy": anat, "anonymization": anon}
+
+
+def test_round_trip_and_partial_slicing(tmp_path):
+    data, masks = _case(np.random.default_rng(0))
+    stem = tmp_path / "coll" / "ds" / "sub" / "ses" / "img"
+    write_case(stem, data, {"spacing": [1.0, 1.0, 1.0], "unique_id": "u"}, masks)
+    assert case_is_complete(stem)
+    case = open_case(stem)
+    np.testing.assert_array_equal(case.data[:], data)
+    np.testing.assert_array_equal(case.data[0:1, 3:20, 5:9, 10:44], data[0:1, 3:20, 5:9, 10:44])
+    assert case.masks["anatomy"].dtype == np.int8 and case.masks["anonymization"].dtype == np.int8
+    np.testing.assert_array_equal(case.masks["anatomy"][:], masks["anatomy"].astype(np.int8))
+    np.testing.assert_array_equal(case.masks["anonymization"][:], masks["anonymization"].astype(np.int8))
+    assert mask_path(stem, "anatomy").name == "img__anat.b2nd"
+    assert mask_path(stem, "anonymization").name == "img__anon.b2nd"
+    assert case.properties["spacing"] == [1, 1, 1] and case.properties["unique_id"] == "u"
+    assert not list(tmp_path.rglob("*.nnssl_tmp*"))
+    assert not list(tmp_path.rglob("*.pkl"))
+
+
+def test_chunks_tile_large_volumes():
+    chunks, blocks = chunk_and_block_shape((1, 200, 240, 30))
+    assert chunks == (1, 64, 64, 32) and blocks == (1, 16, 16, 16)
+    assert all(c % b == 0 for c, b in zip(chunks, blocks))
+
+
+def test_missing_json_or_leftover_temp_is_incomplete(tmp_path):
+    data, masks = _case(np.random.default_rng(1))
+    stem = tmp_path / "img"
+    write_case(stem, data, {"spacing": [1, 1, 1]}, masks)
+    properties_path(stem).unlink()
+    assert not case_is_complete(stem)
+    with pytest.raises(FileNotFoundError, match="nnssl_preprocess"):
+        open_case(stem)
+    write_case(stem, data, {"spacing": [1, 1, 1]}, masks)
+    mask_path(stem, "anatomy").unlink()
+    assert not case_is_complete(stem), "a listed mask is missing"
+
+    other = tmp_path / "other"
+    (tmp_path / "other.nnssl_tmp-deadbeef.b2nd").write_bytes(b"partial")
+    assert not case_is_complete(other)
+    assert not data_path(other).exists()
+
+
+def test_wrong_mask_grid_is_rejected(tmp_path):
+    data, masks = _case(np.random.default_rng(2))
+    masks["anatomy"] = masks["anatomy"][:, :-1]
+    with pytest.raises(ValueError, match="anatomy mask"):
+        write_case(tmp_path / "img", data, {"spacing": [1, 1, 1]}, masks)
+    assert not case_is_complete(tmp_path / "img")
