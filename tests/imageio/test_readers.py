@@ -251,3 +251,15 @@ def test_read_header_reads_no_voxels(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ImageReadError):
         read_image(sheared)
     assert calls["nib_data"] >= 1
+
+
+def test_nan_and_inf_in_float_nifti_survive_reading(tmp_path):
+    """SimpleITK's NIfTI reader turns NaN/Inf into 0; read_image must keep them so preprocessing can reject the case."""
+    volume = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    volume[1, 2, 3] = np.nan
+    volume[2, 2, 2] = np.inf
+    path = tmp_path / "broken.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 1.0, 1.5, 1.0])), str(path))
+    array, _ = read_image(path)
+    assert np.isnan(array).sum() == 1
+    assert np.isinf(array).sum() == 1

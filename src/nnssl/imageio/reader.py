@@ -47,6 +47,22 @@ def _with_fallback(path: str | os.PathLike[str], sitk_fn: Callable[[str], T], ni
         ) from nib_err
 
 
+def _is_float_nifti(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a NIfTI file with floating-point voxels.
+
+    SimpleITK's NIfTI reader silently replaces NaN and Inf voxels with 0 (seen with SimpleITK 2.5), which would
+    hide broken images; such files are therefore read with nibabel first, which keeps them, so that the
+    preprocessing can reject the case with its reason.
+    """
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return False
+    try:
+        return np.dtype(read_header_nibabel(str(path)).dtype).kind == "f"
+    except Exception:  # an unreadable header is reported by the normal reading path
+        return False
+
+
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """The header of one image (spacing, shape, channels, dtype, orientation) without reading its voxels."""
     return _with_fallback(path, read_header_sitk, read_header_nibabel)
@@ -55,11 +71,17 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
 def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """The image as float32 (C, z, y, x) in canonical LPS orientation, and its properties.
 
+    Float NIfTI files are read with nibabel first (see :func:`_is_float_nifti`), everything else with SimpleITK
+    first; both give the same canonical array.
+
     properties: ``spacing`` (canonical axis order), ``original_spacing``, ``original_direction``, ``original_origin``,
     ``original_orientation``, ``original_shape`` (the file's own SimpleITK x, y, z order), ``canonical_origin``
     (LPS world position of voxel 0 after reorientation) and ``reader``.
     """
-    array, properties = _with_fallback(path, read_canonical_sitk, read_canonical_nibabel)
+    if _is_float_nifti(path):
+        array, properties = _with_fallback(path, read_canonical_nibabel, read_canonical_sitk)
+    else:
+        array, properties = _with_fallback(path, read_canonical_sitk, read_canonical_nibabel)
     if np.iscomplexobj(array):
         raise ImageReadError(str(path), f"complex voxel type {array.dtype} is not supported.")
     return array.astype(np.float32, copy=False), properties
