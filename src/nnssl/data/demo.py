@@ -2,8 +2,8 @@
 
 :func:`write_demo_dataset` copies them into ``$nnssl_raw/Dataset001_Demo/`` (or another raw root) and
 writes a ready ``pretrain_data.json`` with ``$nnssl_raw`` relative paths, five subjects in five
-datasets, one of them with an anatomy mask. The result is a normal raw dataset: every command of the
-pipeline runs on it unchanged.
+datasets, one of them with an anatomy mask (its skull-strip label map turned into a 0/1 mask, 1 = brain).
+The result is a normal raw dataset: every command of the pipeline runs on it unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import SimpleITK as sitk
 
 from nnssl.data.collection import Collection
 from nnssl.paths import raw_folder
@@ -35,8 +37,19 @@ class DemoVolume:
     anatomy_mask: str | None = None
 
 
+ANATOMY_MASK_NAME = "brain_mask.nii.gz"
+
+
+def _write_binary_mask(label_map: Path, destination: Path) -> None:
+    """Write ``label_map > 0`` as a uint8 0/1 mask on the same grid (the shipped skull-strip is a tissue label map)."""
+    labels = sitk.ReadImage(str(label_map))
+    sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), str(destination), useCompression=True)
+
+
 DEMO_VOLUMES: tuple[DemoVolume, ...] = (
-    DemoVolume("1", "ITK_KmeansTest", "sub-01", "KmeansTest_T1UCharRaw.nii.gz", "T1w", "KmeansTest_T1RawSkullStrip.nii.gz"),
+    DemoVolume(
+        "1", "ITK_KmeansTest", "sub-01", "KmeansTest_T1UCharRaw.nii.gz", "T1w", "KmeansTest_T1RawSkullStrip.nii.gz"
+    ),
     DemoVolume("2", "nibabel_anatomical", "sub-01", "anatomical.nii", "T1w"),
     DemoVolume("3", "Colin27", "sub-01", "ch2bet.nii.gz", "T1w"),
     DemoVolume("4", "ICBM152_2009a", "sub-01", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", "T1w"),
@@ -72,9 +85,9 @@ def write_demo_dataset(raw_root: Path | None = None, dataset_name: str = DEMO_DA
         shutil.copyfile(demo_asset(volume.file_name), root / folder / volume.file_name)
         masks = None
         if volume.anatomy_mask is not None:
-            shutil.copyfile(demo_asset(volume.anatomy_mask), root / folder / volume.anatomy_mask)
+            _write_binary_mask(demo_asset(volume.anatomy_mask), root / folder / ANATOMY_MASK_NAME)
             masks = {
-                "anatomy_mask": _image_path(root, f"{folder.as_posix()}/{volume.anatomy_mask}", use_env_var),
+                "anatomy_mask": _image_path(root, f"{folder.as_posix()}/{ANATOMY_MASK_NAME}", use_env_var),
                 "anonymization_mask": None,
             }
         image = {
@@ -92,9 +105,7 @@ def write_demo_dataset(raw_root: Path | None = None, dataset_name: str = DEMO_DA
                 volume.subject_id: {
                     "subject_id": volume.subject_id,
                     "subject_info": None,
-                    "sessions": {
-                        "ses-DEFAULT": {"session_id": "ses-DEFAULT", "session_info": None, "images": [image]}
-                    },
+                    "sessions": {"ses-DEFAULT": {"session_id": "ses-DEFAULT", "session_info": None, "images": [image]}},
                 }
             },
         }
