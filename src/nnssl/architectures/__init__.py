@@ -31,7 +31,7 @@ def check_patch_size(spec: ArchitectureSpec, patch_size: Sequence[int]) -> tuple
     if len(sizes) != 3 or any(p <= 0 or p % spec.patch_multiple for p in sizes):
         raise ValueError(
             f"Architecture '{spec.name}' needs a 3D patch size whose sides are positive multiples of "
-            f"{spec.patch_multiple}; got {list(patch_size)}. Set data.patch_size accordingly (e.g. 160,160,160)."
+            f"{spec.patch_multiple}; got {list(patch_size)}. Set train.patch_size accordingly (e.g. 160,160,160)."
         )
     return sizes  # type: ignore[return-value]
 

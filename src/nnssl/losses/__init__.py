@@ -1,1 +1,1 @@
-"""nnssl.losses."""
+"""Loss functions of the pre-training methods (reconstruction, ...); each cites its paper and formula."""
