@@ -252,15 +252,17 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
         logger.info("%d training and %d validation images.", len(train_images), len(val_images))
 
         arch = ARCHITECTURES.get(cfg.architecture)
-        bad = [p for p in cfg.train.patch_size if p % arch.patch_multiple]
+        method = METHODS.get(cfg.method)(cfg.method_cfg, arch, cfg.train.patch_size, in_channels=IN_CHANNELS)
+        network_patch = method.network_patch_size()
+        bad = [p for p in network_patch if p % arch.patch_multiple]
         if bad:
             raise RunError(
-                f"train.patch_size {tuple(cfg.train.patch_size)} does not suit {arch.name}: every side must be a "
-                f"multiple of {arch.patch_multiple} (e.g. --set train.patch_size=160,160,160)."
+                f"{cfg.method} feeds {arch.name} patches of {tuple(network_patch)}, but every side must be a "
+                f"multiple of {arch.patch_multiple}; change train.patch_size (or the method's crop size) "
+                "accordingly (e.g. --set train.patch_size=160,160,160)."
             )
-        method = METHODS.get(cfg.method)(cfg.method_cfg, arch, cfg.train.patch_size, in_channels=IN_CHANNELS)
-        run_plans = plans_for_run(plans, request.configuration, cfg.train.patch_size)
-        adaptation_plan = build_adaptation_plan(arch, plans, request.configuration, cfg.train.patch_size, IN_CHANNELS)
+        run_plans = plans_for_run(plans, request.configuration, network_patch)
+        adaptation_plan = build_adaptation_plan(arch, plans, request.configuration, network_patch, IN_CHANNELS)
         if ctx.is_main:
             for target in (folder, folder.parent):
                 save_json(run_plans, target / "plans.json")
@@ -268,7 +270,7 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
         verify_adaptation_plan(adaptation_plan, method.backbone().state_dict())
         logger.info("Adaptation plan verified: the downstream network loads encoder and stem strictly.")
         if ctx.is_main:
-            _log_summary(cfg.architecture, method.backbone(), cfg.train.patch_size, device)
+            _log_summary(cfg.architecture, method.backbone(), network_patch, device)
         ctx.barrier()
 
         resume_from = find_resume_checkpoint(folder) if request.resume else None

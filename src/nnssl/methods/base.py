@@ -47,6 +47,14 @@ class SSLMethod(nn.Module):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.in_channels = in_channels
 
+    def network_patch_size(self) -> tuple[int, ...]:
+        """The input size the backbone sees (recorded as the adaptation plan's patch size).
+
+        By default the sampled patch (``train.patch_size``); methods that cut smaller views from it
+        (SimCLR, VoCo, DINO) return their view size.
+        """
+        return self.patch_size
+
     def train_transform(self) -> Transform | None:
         """Per-sample transform run in loader workers (views, masks); ``None`` passes samples through."""
         return None
