@@ -13,7 +13,11 @@ from typing import Any
 
 @dataclass
 class TrainConfig:
-    """The loop: upstream defaults are 1000 epochs x 250 iterations, 50 validation iterations, batch 2."""
+    """The loop: upstream defaults are 1000 epochs x 250 iterations, 50 validation iterations, batch 2.
+
+    ``iterations_per_epoch`` counts optimizer steps; with ``grad_accumulation_steps = k`` every step consumes
+    ``k`` micro-batches of ``batch_size`` (the total over all GPUs), so the effective batch is ``k * batch_size``.
+    """
 
     batch_size: int = 2
     num_epochs: int = 1000
@@ -25,11 +29,18 @@ class TrainConfig:
     seed: int = 12345
     max_consecutive_nonfinite: int = 25
     save_every_epochs: int = 1
+    grad_accumulation_steps: int = 1
 
 
 @dataclass
 class OptimConfig:
-    """Optimizer and per-iteration learning-rate schedule (``poly`` or ``warmup_poly``)."""
+    """Optimizer and per-step learning-rate schedule (``poly``, ``warmup_poly``, ``warmup_cosine``, ``constant``).
+
+    ``final_lr`` is the end value of ``warmup_cosine``; ``weight_decay_end`` (None: constant) makes the weight
+    decay a cosine from ``weight_decay`` to that value; ``lr_scaling`` = ``"sqrt1024"`` multiplies ``lr`` by
+    ``sqrt(B_eff / 1024)`` with ``B_eff = train.batch_size * train.grad_accumulation_steps`` (DINOv2's rule;
+    ``"none"`` leaves it). See :mod:`nnssl.engine.optim`.
+    """
 
     name: str = "sgd"
     lr: float = 1e-2
@@ -40,11 +51,18 @@ class OptimConfig:
     schedule: str = "poly"
     poly_exponent: float = 0.9
     warmup_epochs: int = 0
+    final_lr: float = 1e-6
+    weight_decay_end: float | None = None
+    lr_scaling: str = "none"
 
 
 @dataclass
 class DataConfig:
-    """Sampling and the default spatial augmentation (upstream MAE: rotation and scale p=0.2, mirroring)."""
+    """Sampling and the default spatial augmentation (upstream MAE: rotation and scale p=0.2, mirroring).
+
+    ``interpolation_order`` is used for rotated or scaled images: 1 (trilinear, as nnU-Net's batchgeneratorsv2)
+    or 3 (cubic spline, as upstream nnssl's batchgenerators v1; several times slower on the CPU). Masks use 0.
+    """
 
     num_workers: int = 2
     rotation_p: float = 0.2
@@ -52,6 +70,7 @@ class DataConfig:
     scale_p: float = 0.2
     scale_range: tuple[float, float] = (0.7, 1.4)
     mirror_axes: tuple[int, ...] = (0, 1, 2)
+    interpolation_order: int = 1
     anatomy_crop_p: float = 0.0
     num_val_subjects_min: int = 5
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from nnssl.transforms.spatial import (
     SpatialParams,
@@ -36,13 +37,14 @@ def test_draw_probabilities_and_ranges() -> None:
     assert abs(np.mean([not d.is_identity_map for d in draws]) - 0.36) < 0.03
 
 
-def test_rotation_by_90_degrees_equals_an_axis_permutation() -> None:
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_rotation_by_90_degrees_equals_an_axis_permutation(order: int) -> None:
     rng = np.random.default_rng(1)
     volume = rng.standard_normal((1, 30, 30, 30)).astype(np.float32)
     params = SpatialParams(angles=(np.pi / 2, 0.0, 0.0))
     centre = np.array([14.5, 14.5, 14.5])  # the patch centre of volume[:, 7:23, 7:23, 7:23]
     lo, hi = source_region(centre, (16, 16, 16), params)
-    out = resample_patch(read_region(volume, lo, hi), lo, centre, (16, 16, 16), params, order=3)
+    out = resample_patch(read_region(volume, lo, hi), lo, centre, (16, 16, 16), params, order=order)
     crop = volume[:, 7:23, 7:23, 7:23]
     # x_in = R (o - c): input axis 1 = -(o_2 - c), input axis 2 = (o_1 - c)
     expected = np.flip(np.transpose(crop, (0, 1, 3, 2)), axis=3)

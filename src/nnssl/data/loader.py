@@ -145,17 +145,23 @@ def build_train_loader(
     world_size: int = 1,
     device_type: str = "cpu",
     open_fn: Callable[[str], Any] | None = None,
-    data_order: int = 3,
+    data_order: int | None = None,
 ) -> TrainLoader:
     """Training loader over ``images`` (IndependentImage with a ``.b2nd`` ``image_path``, or case paths).
 
     Crops of ``cfg.train.patch_size`` with the augmentation of ``cfg.data``; ``transform`` (the method's
-    ``train_transform()``) runs per sample in the workers. ``data_order`` is the spline order used for rotated
-    or scaled images (3 as upstream; 1 is about 4x cheaper per resampled sample).
+    ``train_transform()``) runs per sample in the workers. ``data_order`` overrides
+    ``cfg.data.interpolation_order``, the interpolation order used for rotated or scaled images.
     """
     paths, ids = _image_paths_and_ids(images)
     sampler = PatchSampler(
-        paths, cfg.train.patch_size, cfg.data, augment=True, unique_ids=ids, open_fn=open_fn, data_order=data_order
+        paths,
+        cfg.train.patch_size,
+        cfg.data,
+        augment=True,
+        unique_ids=ids,
+        open_fn=open_fn,
+        data_order=cfg.data.interpolation_order if data_order is None else data_order,
     )
     dataset = _SampleDataset(sampler, cfg.train.seed, transform, cyclic_cases=False)
     batches = _EpochBatches(rank, per_rank_batch_size(cfg.train.batch_size, rank, world_size), None)

@@ -74,8 +74,8 @@ class PatchSampler:
     it can be handed to DataLoader worker processes.
 
     ``augment=False`` disables rotation, scaling and mirroring (validation). ``data_order``/``mask_order`` are the
-    spline orders for resampled images and masks (3 and 0, as upstream's data/seg orders 3 and 1 but keeping
-    masks binary).
+    interpolation orders for resampled images and masks (default ``data_cfg.interpolation_order`` and 0, which
+    keeps masks binary).
     """
 
     def __init__(
@@ -86,7 +86,7 @@ class PatchSampler:
         augment: bool = True,
         unique_ids: Sequence[str] | None = None,
         open_fn: Callable[[str], Any] | None = None,
-        data_order: int = 3,
+        data_order: int | None = None,
         mask_order: int = 0,
         cache_size: int = 16,
     ) -> None:
@@ -100,7 +100,7 @@ class PatchSampler:
         self.cfg = data_cfg
         self.augment = augment
         self.open_fn = open_fn or _open_case_default
-        self.data_order = data_order
+        self.data_order = data_cfg.interpolation_order if data_order is None else data_order
         self.mask_order = mask_order
         self.cache_size = cache_size
         self._cases: OrderedDict[int, Any] = OrderedDict()

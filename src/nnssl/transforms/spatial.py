@@ -10,6 +10,11 @@ the patch.
 Coordinates: an output voxel ``o`` (0..p-1 per axis) is taken from the input coordinate
 ``x = c + A (o - (p - 1) / 2)`` with ``A = R * s`` (``R = Rz Ry Rx``) and ``c`` the patch centre in the volume.
 ``s > 1`` samples a larger region (the content shrinks), as batchgenerators does.
+
+Interpolation (``scipy.ndimage.affine_transform``): order 1 (trilinear) is the default for images, as nnU-Net's
+current augmentation (batchgeneratorsv2, trilinear ``grid_sample``) does; order 3 (upstream nnssl's cubic spline,
+batchgenerators v1) costs several times more per sample; masks use order 0. On the CPU scipy's trilinear path
+measured about 5x faster than torch's 3D ``grid_sample`` for a 160^3 patch.
 """
 
 from __future__ import annotations
@@ -121,7 +126,10 @@ def resample_patch(
     params: SpatialParams,
     order: int,
 ) -> np.ndarray:
-    """Resample a (C, ...) region read at ``region_lo`` into a (C, *patch_size) patch (zero outside)."""
+    """Resample a (C, ...) region read at ``region_lo`` into a (C, *patch_size) patch (zero outside).
+
+    ``order`` 0 is nearest, 1 trilinear, 3 a cubic spline (scipy's ``affine_transform``).
+    """
     matrix = params.matrix()
     half = (np.asarray(patch_size, dtype=float) - 1) / 2
     offset = np.asarray(centre, dtype=float) - np.asarray(region_lo, dtype=float) - matrix @ half
