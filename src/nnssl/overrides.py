@@ -180,7 +180,8 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | Iterable[str]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("poly", "warmup_poly", "constant")
+SCHEDULES = ("poly", "warmup_poly", "warmup_cosine", "constant")
+LR_SCALINGS = ("none", "sqrt1024")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -198,8 +199,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite", ">= 1"),
         (cfg.train.save_every_epochs >= 1, "train.save_every_epochs", ">= 1"),
         (cfg.optim.lr > 0, "optim.lr", "> 0"),
+        (cfg.train.grad_accumulation_steps >= 1, "train.grad_accumulation_steps", ">= 1"),
+        (cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", f"one of {', '.join(LR_SCALINGS)}"),
         (
-            0 <= cfg.optim.warmup_epochs < cfg.train.num_epochs or cfg.optim.schedule != "warmup_poly",
+            0 <= cfg.optim.warmup_epochs < cfg.train.num_epochs
+            or cfg.optim.schedule not in ("warmup_poly", "warmup_cosine"),
             "optim.warmup_epochs",
             f"in [0, train.num_epochs={cfg.train.num_epochs})",
         ),

@@ -217,6 +217,379 @@ def _register_defaults() -> None:
             description="CPU demo: MAE on a tiny Primus, 48^3 patches, 12 epochs x 20 iterations, 1 warm-up epoch.",
         )
     )
+    _register_aligned_mae()
+    _register_dino()
+    _register_simclr()
+    _register_voco()
+
+
+def _register_aligned_mae() -> None:
+    """AlignedMAE (CVA, methods.md 1.6): stage 2 after MAE, started with ``-pretrained_weights <MAE checkpoint>``.
+
+    ``train.patch_size`` is the base patch the two overlapping crops are cut from (``2 p - round(0.4 p)``: 205
+    for 128^3 crops, 256 for 160^3, so no overlap ever needs a redraw); the shared spatial augmentation
+    (rotation/scale p 0.2, +-30 degrees as nnssl's MAE stage, mirroring) is applied to it by the sampler.
+    """
+    add_preset(
+        Preset(
+            "AlignedMAEFTTrainer",
+            base="BaseMAETrainer",
+            method="AlignedMAE",
+            overrides={
+                "train.patch_size": (205, 205, 205),
+                "method.crop_size": (128, 128, 128),
+                "train.batch_size": 4,
+                "train.num_epochs": 250,
+                "train.grad_clip": 12.0,
+                "data.rotation_p": 0.2,
+                "data.scale_p": 0.2,
+                "data.mirror_axes": (0, 1, 2),
+            },
+            description="AlignedMAE (CVA) on ResEnc-L from an MAE checkpoint: 128^3 crops, 4 images, SGD, 250 epochs.",
+        )
+    )
+    add_preset(
+        Preset(
+            "AlignedMAEFTLR3EvaTrainer",
+            base="BaseEvaMAETrainer",
+            method="AlignedMAE",
+            overrides={
+                "train.patch_size": (256, 256, 256),
+                "method.crop_size": (160, 160, 160),
+                "train.batch_size": 4,
+                "train.num_epochs": 150,
+                "optim.lr": 3e-4,
+                "optim.warmup_epochs": 10,
+                "train.grad_clip": 1.0,
+                "data.rotation_p": 0.2,
+                "data.scale_p": 0.2,
+                "data.mirror_axes": (0, 1, 2),
+            },
+            description="AlignedMAE (CVA) on Primus-M from an MAE checkpoint: 160^3 crops, 4 images, AdamW 3e-4, "
+            "10 warm-up epochs, 150 epochs.",
+        )
+    )
+    variants = {
+        "NoCon": ({"method.w_con": 0.0}, "without the global contrastive term"),
+        "ConMAE": ({"method.w_cva": 0.0}, "MAE + global contrastive only (no view alignment)"),
+        "Gram": ({"method.alignment": "gram", "method.w_cva": 2.0}, "with the Gram alignment loss (w 2.0)"),
+        "AlignedConCon": (
+            {"method.alignment": "contrastive", "method.w_cva": 0.2},
+            "with the contrastive C-CVA alignment (w 0.2)",
+        ),
+    }
+    names = {
+        "AlignedMAEFTTrainer": {
+            "NoCon": "AlignedMAEFTNoConTrainer",
+            "ConMAE": "ConMAEFTTrainer",
+            "Gram": "GramAlignedMAEFTTrainer",
+            "AlignedConCon": "AlignedConConMAEFTTrainer",
+        },
+        "AlignedMAEFTLR3EvaTrainer": {
+            "NoCon": "AlignedMAEFTNoConLR3EvaTrainer",
+            "ConMAE": "ConMAEFTLR3EvaTrainer",
+            "Gram": "GramAlignedMAEFTLR3EvaTrainer",
+            "AlignedConCon": "AlignedConConMAEFTLR3EvaTrainer",
+        },
+    }
+    for base, named in names.items():
+        for key, name in named.items():
+            overrides, text = variants[key]
+            add_preset(Preset(name, base=base, overrides=overrides, description=f"{base} {text}."))
+    demo = {
+        "train.patch_size": (52, 52, 52),
+        "method.crop_size": (32, 32, 32),
+        "method.block_size": 8,
+        "method.dense_grid": 8,
+        "method.projector_hidden_dim": 128,
+        "method.projector_dim": 128,
+        "method.predictor_hidden_dim": 64,
+        "train.batch_size": 2,
+        "train.num_epochs": 12,
+        "train.iterations_per_epoch": 20,
+        "train.val_iterations": 4,
+        "data.num_workers": 1,
+        "data.num_val_subjects_min": 1,
+    }
+    add_preset(
+        Preset(
+            "DemoAlignedMAE_ResEncTiny",
+            base="AlignedMAEFTTrainer",
+            architecture="ResEncTiny",
+            overrides=demo,
+            description="CPU demo: AlignedMAE on a tiny ResEnc, 32^3 crops from 52^3 patches, 12 x 20 iterations.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoAlignedMAE_PrimusTiny",
+            base="AlignedMAEFTLR3EvaTrainer",
+            architecture="PrimusTiny",
+            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
+            description="CPU demo: AlignedMAE on a tiny Primus, 32^3 crops from 52^3 patches, 1 warm-up epoch.",
+        )
+    )
+
+
+def _register_dino() -> None:
+    """DINO family (methods.md 2.2 and the small-batch checklist of 2.5; documentation/dino.md).
+
+    Small-batch defaults: K 8192 prototypes, Sinkhorn-Knopp centring (DINOTrainer: mean centring, m 0.9),
+    teacher temperature 0.04 -> 0.07 over 30 epochs, prototype layer frozen (lr 0) for 5 epochs, an effective
+    batch of 64 through gradient accumulation with lr = 0.004 * sqrt(B_eff / 1024) = 1e-3, AdamW, warm-up 10
+    epochs then cosine to 1e-6, weight decay cosine 0.04 -> 0.2, clip 3, global crops 0.5-1 of the patch VOLUME.
+    ``iterations_per_epoch`` counts optimizer steps: 32 steps x 8 micro-batches = 256 batches per epoch.
+    The sampler adds only mirroring (the multi-crop transform does the cropping and intensity augmentation).
+    """
+    common = {
+        "train.patch_size": (160, 160, 160),
+        "train.batch_size": 8,
+        "train.grad_accumulation_steps": 8,
+        "train.num_epochs": 200,
+        "train.iterations_per_epoch": 32,
+        "train.val_iterations": 10,
+        "train.grad_clip": 3.0,
+        "optim.name": "adamw",
+        "optim.lr": 4e-3,
+        "optim.lr_scaling": "sqrt1024",
+        "optim.betas": (0.9, 0.999),
+        "optim.weight_decay": 0.04,
+        "optim.weight_decay_end": 0.2,
+        "optim.schedule": "warmup_cosine",
+        "optim.warmup_epochs": 10,
+        "optim.final_lr": 1e-6,
+        "data.rotation_p": 0.0,
+        "data.scale_p": 0.0,
+        "data.mirror_axes": (0, 1, 2),
+        "method.num_prototypes": 8192,
+        "method.teacher_temp_start": 0.04,
+        "method.teacher_temp_end": 0.07,
+        "method.teacher_temp_warmup_epochs": 30,
+        "method.freeze_last_layer_epochs": 5,
+        "method.global_crop_scale": (0.5, 1.0),
+        "method.local_crop_scale": (0.05, 0.3),
+        "method.momentum_start": 0.992,
+    }
+    add_preset(
+        Preset(
+            "DINOv2EvaTrainer",
+            method="DINO",
+            architecture="PrimusM",
+            overrides={
+                **common,
+                "method.global_crop_size": 96,
+                "method.local_crop_size": 48,
+                "method.num_local_crops": 8,
+                "method.centering": "sinkhorn",
+                "method.ibot": True,
+                "method.koleo_weight": 0.1,
+            },
+            description="DINOv2 (DINO + iBOT + KoLeo) on Primus-M: 2x96^3 + 8x48^3 crops, K 8192, Sinkhorn, "
+            "B_eff 64 (8 x 8 accumulation), lr 0.004*sqrt(64/1024).",
+        )
+    )
+    add_preset(
+        Preset(
+            "DINOTrainer",
+            base="DINOv2EvaTrainer",
+            overrides={"method.ibot": False, "method.centering": "mean", "method.center_momentum": 0.9},
+            description="DINO (CLS distillation + KoLeo, no iBOT) on Primus-M, mean centring m 0.9; else as "
+            "DINOv2EvaTrainer.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DINOResEncTrainer",
+            base="DINOv2EvaTrainer",
+            architecture="ResEncL",
+            overrides={
+                "train.batch_size": 4,
+                "train.grad_accumulation_steps": 16,
+                "train.iterations_per_epoch": 16,
+                "method.global_crop_size": 128,
+                "method.local_crop_size": 64,
+                "method.num_local_crops": 6,
+                "method.ibot": False,
+            },
+            description="DINO + KoLeo on ResEnc-L (CLS = 1120-d multi-stage GAP, no iBOT): 2x128^3 + 6x64^3 crops, "
+            "B_eff 64 (4 x 16 accumulation).",
+        )
+    )
+    demo = {
+        "train.patch_size": (48, 48, 48),
+        "train.batch_size": 4,
+        "train.grad_accumulation_steps": 2,
+        "train.num_epochs": 12,
+        "train.iterations_per_epoch": 10,
+        "train.val_iterations": 2,
+        "optim.lr": 2e-3,
+        "optim.lr_scaling": "none",
+        "optim.warmup_epochs": 1,
+        "data.num_workers": 1,
+        "data.num_val_subjects_min": 1,
+        "method.num_prototypes": 1024,
+        "method.head_hidden_dim": 256,
+        "method.head_bottleneck_dim": 64,
+        "method.global_crop_size": 32,
+        "method.local_crop_size": 16,
+        "method.num_local_crops": 2,
+        "method.teacher_temp_warmup_epochs": 3,
+        "method.freeze_last_layer_epochs": 1,
+        "method.momentum_start": 0.99,
+    }
+    add_preset(
+        Preset(
+            "DemoDINO_PrimusTiny",
+            base="DINOv2EvaTrainer",
+            architecture="PrimusTiny",
+            overrides=demo,
+            description="CPU demo: DINOv2 (iBOT + KoLeo) on a tiny Primus, 2x32^3 + 2x16^3 crops, K 1024.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoDINO_ResEncTiny",
+            base="DINOResEncTrainer",
+            architecture="ResEncTiny",
+            overrides={
+                **demo,
+                "train.batch_size": 2,
+                "method.centering": "mean",
+                "method.teacher_temp_end": 0.04,
+            },
+            description="CPU demo: DINO + KoLeo on a tiny ResEnc, 2x32^3 + 2x16^3 crops, K 1024, mean centring and "
+            "teacher temperature 0.04 (with 0.07 the tiny GAP features drift to the ln K plateau).",
+        )
+    )
+
+
+#: Optimiser settings of upstream's Eva (Primus) family, reused by the contrastive Primus presets.
+_EVA_OPTIM: dict[str, Any] = {
+    "optim.name": "adamw",
+    "optim.lr": 3e-4,
+    "optim.weight_decay": 5e-2,
+    "optim.betas": (0.9, 0.98),
+    "optim.schedule": "warmup_poly",
+    "optim.warmup_epochs": 50,
+    "train.grad_clip": 1.0,
+}
+#: Contrastive views come from a plain crop of the volume (upstream's plain loader); mirroring and rot90 are
+#: applied per view by the method's transform.
+_NO_PATCH_AUGMENTATION: dict[str, Any] = {"data.rotation_p": 0.0, "data.scale_p": 0.0, "data.mirror_axes": ()}
+_CONTRASTIVE_DEMO: dict[str, Any] = {
+    "train.batch_size": 4,
+    "train.num_epochs": 8,
+    "train.iterations_per_epoch": 10,
+    "train.val_iterations": 2,
+    "data.num_workers": 1,
+    "data.num_val_subjects_min": 1,
+    "method.hidden_dim": 256,
+    "method.out_dim": 128,
+}
+
+
+def _register_simclr() -> None:
+    """SimCLR (methods.md 4.8): 192x192x64 patches (array-axis order, as upstream), 2 x 2 crops of 64^3 per image."""
+    add_preset(
+        Preset(
+            "SimCLRTrainer",
+            base="BaseMAETrainer",
+            method="SimCLR",
+            overrides={
+                "train.patch_size": (192, 192, 64),
+                "method.crop_size": (64, 64, 64),
+                "train.grad_clip": 0.1,
+                **_NO_PATCH_AUGMENTATION,
+            },
+            description="SimCLR on ResEnc-L: 64^3 crop pairs (>= 50% overlap per axis) from 192x192x64 patches, "
+            "NT-Xent tau 0.5 with DDP-wide negatives, SGD, clip 0.1, batch 2.",
+        )
+    )
+    add_preset(
+        Preset(
+            "SimCLRTrainer_BS32",
+            base="SimCLRTrainer",
+            overrides={"train.batch_size": 32},
+            description="SimCLRTrainer with total batch size 32 (64 crop pairs, 126 negatives per row).",
+        )
+    )
+    add_preset(
+        Preset(
+            "SimCLREvaTrainer",
+            base="SimCLRTrainer",
+            architecture="PrimusM",
+            overrides=dict(_EVA_OPTIM),
+            description="SimCLR on Primus-M (mean token -> projector), AdamW 3e-4, 50 warm-up epochs, clip 1.",
+        )
+    )
+    demo = {**_CONTRASTIVE_DEMO, "train.patch_size": (48, 48, 48), "method.crop_size": (24, 24, 24)}
+    add_preset(
+        Preset(
+            "DemoSimCLR_ResEncTiny",
+            base="SimCLRTrainer",
+            architecture="ResEncTiny",
+            overrides={**demo, "train.grad_clip": 1.0},
+            description="CPU demo: SimCLR on a tiny ResEnc, 24^3 crops from 48^3 patches, 8 epochs x 10 iterations.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoSimCLR_PrimusTiny",
+            base="SimCLREvaTrainer",
+            architecture="PrimusTiny",
+            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
+            description="CPU demo: SimCLR on a tiny Primus, 24^3 crops from 48^3 patches, 1 warm-up epoch.",
+        )
+    )
+
+
+def _register_voco() -> None:
+    """VoCo (methods.md 4.5) with an EMA teacher: 256x256x64 patches = 4x4x1 base crops of 64^3, 4 targets."""
+    add_preset(
+        Preset(
+            "VoCoTrainer",
+            base="BaseMAETrainer",
+            method="VoCo",
+            overrides={
+                "train.patch_size": (256, 256, 64),
+                "method.crop_size": (64, 64, 64),
+                "method.num_targets": 4,
+                "train.grad_clip": None,
+                **_NO_PATCH_AUGMENTATION,
+            },
+            description="VoCo on ResEnc-L with an EMA teacher: 16 base crops + 4 targets of 64^3 from 256x256x64 "
+            "patches, SGD 1e-2, no clipping, batch 2.",
+        )
+    )
+    add_preset(
+        Preset(
+            "VoCoEvaTrainer",
+            base="VoCoTrainer",
+            architecture="PrimusM",
+            overrides=dict(_EVA_OPTIM),
+            description="VoCo on Primus-M with an EMA teacher, AdamW 3e-4, 50 warm-up epochs, clip 1.",
+        )
+    )
+    demo = {**_CONTRASTIVE_DEMO, "train.patch_size": (48, 48, 24), "method.crop_size": (24, 24, 24)}
+    demo["method.num_targets"] = 4
+    add_preset(
+        Preset(
+            "DemoVoCo_ResEncTiny",
+            base="VoCoTrainer",
+            architecture="ResEncTiny",
+            overrides=demo,
+            description="CPU demo: VoCo on a tiny ResEnc, 2x2x1 base crops of 24^3 + 4 targets, 8 x 10 iterations.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoVoCo_PrimusTiny",
+            base="VoCoEvaTrainer",
+            architecture="PrimusTiny",
+            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
+            description="CPU demo: VoCo on a tiny Primus, 2x2x1 base crops of 24^3 + 4 targets, 1 warm-up epoch.",
+        )
+    )
 
 
 def preset_table() -> list[tuple[str, str, str, str]]:

@@ -275,7 +275,8 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
 
         resume_from = find_resume_checkpoint(folder) if request.resume else None
         if request.pretrained_weights and resume_from is None:
-            load_pretrained_weights(method.backbone(), request.pretrained_weights)
+            loaded, not_loaded = load_pretrained_weights(method.backbone(), request.pretrained_weights)
+            method.on_pretrained_weights_loaded(request.pretrained_weights, loaded, not_loaded)
 
         make_train_iter = _epoch_factory(
             build_train_loader(

@@ -12,6 +12,16 @@ the GradScaler still sees the overflow and lowers its scale (its normal dynamic 
 steps are counted and logged; after ``train.max_consecutive_nonfinite`` in a row the run stops with
 :class:`NonFiniteTrainingError`, which says what went non-finite and what to try.
 
+Gradient accumulation (``train.grad_accumulation_steps = k``): one optimizer step consumes ``k`` micro-batches,
+each loss scaled by ``1/k`` (see :meth:`Trainer.train_step`); ``global_step``, the schedules, ``on_step_end``
+and ``iterations_per_epoch`` count optimizer steps. A stop is honoured only between optimizer steps, so a
+resumed run skips ``iteration * k`` batches and continues exactly.
+
+Schedules: :func:`nnssl.engine.optim.apply_schedule` sets lr (and weight decay) per step, honouring the
+parameter-group keys ``lr_scale``, ``freeze_epochs`` (lr 0 while frozen, optimizer state kept) and
+``wd_scale``. ``method.configure_schedule(steps_per_epoch, total_steps)`` is called once
+when the trainer is built (before a resume), for schedules it defines in epochs (e.g. DINO's teacher temperature).
+
 Reproducibility: at the start of epoch ``e`` the Python, NumPy and torch generators are seeded from
 ``(train.seed, rank, e)`` and the batches come from ``make_train_iter(e)``, which must be a pure function
 of ``(seed, rank, e)``. Validation runs in ``eval()`` under a forked RNG with a fixed seed per validation
@@ -24,6 +34,7 @@ exactly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -50,7 +61,7 @@ from nnssl.engine.checkpoint import (
 )
 from nnssl.engine.distributed import DistContext, all_reduce_sum
 from nnssl.engine.logging_sinks import MetricsFile, plot_progress
-from nnssl.engine.optim import build_optimizer, lr_at, set_lr, trainable_parameters
+from nnssl.engine.optim import apply_schedule, build_optimizer, log_lr_rule, lr_at, trainable_parameters
 from nnssl.engine.precision import autocast, make_grad_scaler, resolve_precision
 from nnssl.engine.signals import GracefulStop
 from nnssl.methods.base import SSLMethod
@@ -132,6 +143,15 @@ def batch_size_of(batch: Batch) -> int:
     raise ValueError("A batch must contain at least one tensor (normally 'image' of shape (B, C, X, Y, Z)).")
 
 
+def ddp_ignored_names(method: SSLMethod) -> list[str]:
+    """Fully qualified names of the parameters and buffers under ``method.ddp_ignored_prefixes()``."""
+    prefixes = tuple(method.ddp_ignored_prefixes())
+    if not prefixes:
+        return []
+    names = [name for name, _ in method.named_parameters()] + [name for name, _ in method.named_buffers()]
+    return [name for name in names if any(name == p or name.startswith(p + ".") for p in prefixes)]
+
+
 def _new_logs() -> dict[str, list]:
     return {
         "train_losses": [],
@@ -172,6 +192,9 @@ class Trainer:
         self.method = method.to(self.device)
         self.model: nn.Module = self.method
         if self.dist.is_distributed:
+            ignored = ddp_ignored_names(self.method)
+            if ignored:
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.method, ignored)
             self.model = DistributedDataParallel(
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -183,6 +206,15 @@ class Trainer:
         self.adaptation_plan = adaptation_plan
         self.callbacks = list(callbacks)
         self.precision = resolve_precision(cfg.train.precision, self.device)
+        if int(cfg.train.grad_accumulation_steps) < 1:
+            raise ValueError(
+                f"train.grad_accumulation_steps must be >= 1, got {cfg.train.grad_accumulation_steps} "
+                "(--set train.grad_accumulation_steps=1 disables accumulation)."
+            )
+        log_lr_rule(cfg.optim, cfg.train, self.dist.world_size)
+        self.method.configure_schedule(
+            cfg.train.iterations_per_epoch, cfg.train.num_epochs * cfg.train.iterations_per_epoch
+        )
         self.optimizer = build_optimizer(self.method.param_groups(cfg.optim.weight_decay), cfg.optim, self.device)
         self.scaler = make_grad_scaler(self.precision, self.device)
         self.params = trainable_parameters(self.method)
@@ -199,37 +231,59 @@ class Trainer:
         self.stopped = False
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch) -> StepResult:
-        """One iteration on this rank's ``batch`` (see the module docstring); advances ``global_step``."""
+    def train_step(self, batch: Batch | Sequence[Batch]) -> StepResult:
+        """One optimizer step on this rank's ``batch`` (or list of ``k`` micro-batches); advances ``global_step``.
+
+        With ``k`` micro-batches each rank's micro-batch loss is scaled by ``1 / k`` before its backward
+        (DDP synchronises gradients only on the last one), so the step equals one step on the concatenated
+        batch of equally sized micro-batches. The reported loss and metrics are the means over the micro-batches;
+        the first non-finite global micro-batch loss skips the whole step.
+        """
         step = self.global_step
-        lr = lr_at(step, self.cfg.optim, self.cfg.train)
-        set_lr(self.optimizer, lr)
+        batches = [batch] if isinstance(batch, dict) else list(batch)
+        k = len(batches)
+        lr = apply_schedule(self.optimizer, step, self.cfg.optim, self.cfg.train)
         self.optimizer.zero_grad(set_to_none=True)
-        batch = move_to_device(batch, self.device)
-        with autocast(self.precision, self.device):
-            out = self.model(batch)
-        loss = out.loss.float()
-        local_b = batch_size_of(batch)
-        if self.dist.is_distributed:
-            stats = torch.tensor(
-                [float(loss.detach()) * local_b, float(local_b), float(self.stopper.requested)],
-                dtype=torch.float64,
-                device=self.device,
-            )
-            all_reduce_sum(stats, self.dist)
-            global_b = float(stats[1])
-            global_loss = float(stats[0]) / global_b
-            self._stop_agreed = bool(stats[2] > 0)
-            weight = local_b * self.dist.world_size / global_b
+        result = StepResult(step=step, loss=0.0, lr=lr)
+        metric_sums: dict[str, float] = {}
+        stop_agreed = False
+        for index, micro in enumerate(batches):
+            micro = move_to_device(micro, self.device)
+            last = index == k - 1
+            sync = contextlib.nullcontext() if last or not self.dist.is_distributed else self.model.no_sync()
+            with sync:
+                with autocast(self.precision, self.device):
+                    out = self.model(micro)
+                loss = out.loss.float()
+                local_b = batch_size_of(micro)
+                if self.dist.is_distributed:
+                    stats = torch.tensor(
+                        [float(loss.detach()) * local_b, float(local_b), float(self.stopper.requested)],
+                        dtype=torch.float64,
+                        device=self.device,
+                    )
+                    all_reduce_sum(stats, self.dist)
+                    global_b = float(stats[1])
+                    global_loss = float(stats[0]) / global_b
+                    stop_agreed = stop_agreed or bool(stats[2] > 0)
+                    weight = local_b * self.dist.world_size / global_b
+                else:
+                    global_loss = float(loss.detach())
+                    stop_agreed = stop_agreed or self.stopper.requested
+                    weight = 1.0
+                for name, value in out.metrics.items():
+                    metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
+                if not math.isfinite(global_loss):
+                    result.loss = global_loss
+                    break
+                result.loss += global_loss / k
+                scale = weight / k
+                self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+        self._stop_agreed = stop_agreed
+        result.metrics = {name: value / (index + 1) for name, value in metric_sums.items()}
+        if not math.isfinite(result.loss):
+            self._skip(result, "loss", result.loss)
         else:
-            global_loss = float(loss.detach())
-            self._stop_agreed = self.stopper.requested
-            weight = 1.0
-        result = StepResult(step=step, loss=global_loss, lr=lr, metrics=dict(out.metrics))
-        if not math.isfinite(global_loss):
-            self._skip(result, "loss", global_loss)
-        else:
-            self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             self.scaler.unscale_(self.optimizer)
             max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -242,7 +296,7 @@ class Trainer:
                 self.scaler.update()
                 self.method.on_step_end(step, self.total_steps)
                 self.consecutive_nonfinite = 0
-                self.last_finite = (step, global_loss)
+                self.last_finite = (step, result.loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         return result
@@ -425,7 +479,8 @@ class Trainer:
         resume_rng = capture_rng_state() if progress["iteration"] > 0 else None
         seed_everything(derive_seed(self.cfg.train.seed, self.dist.rank, epoch))
         iterator = self.make_train_iter(epoch)
-        for _ in range(progress["iteration"]):
+        accumulation = int(self.cfg.train.grad_accumulation_steps)
+        for _ in range(progress["iteration"] * accumulation):
             next(iterator)
         if resume_rng is not None:
             restore_rng_state(resume_rng)
@@ -442,7 +497,7 @@ class Trainer:
         )
         try:
             while progress["iteration"] < iters:
-                result = self.train_step(next(iterator))
+                result = self.train_step([next(iterator) for _ in range(accumulation)])
                 progress["iteration"] += 1
                 if result.skipped:
                     progress["skipped"] += 1

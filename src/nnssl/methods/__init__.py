@@ -1,6 +1,12 @@
 """Pre-training methods, one module each, registered in :data:`METHODS` by explicit import."""
 
-from nnssl.methods import mae  # noqa: F401
+from nnssl.methods import (
+    aligned_mae,  # noqa: F401
+    dino,  # noqa: F401
+    mae,  # noqa: F401
+    simclr,  # noqa: F401
+    voco,  # noqa: F401
+)
 from nnssl.methods.registry import METHODS
 
 __all__ = ["METHODS"]

@@ -7,7 +7,7 @@ crop into its views, and ``forward(batch) -> StepOutput``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,3 +76,25 @@ class SSLMethod(nn.Module):
 
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called by the engine after every optimizer step (EMA teachers, schedules)."""
+
+    def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Called once by the engine before training or resuming, with the length of the run in optimizer steps.
+
+        Methods with schedules of their own (DINO's teacher temperature and momentum) store it here.
+        """
+
+    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
+        """Attribute paths (e.g. ``("teacher",)``) whose parameters and buffers DDP must not synchronise.
+
+        Used for EMA teachers: they receive no gradient and are updated identically on every rank, so DDP
+        must neither broadcast nor all-reduce them. A name matches a prefix ``p`` when it equals ``p`` or
+        starts with ``p + "."``.
+        """
+        return ()
+
+    def on_pretrained_weights_loaded(self, path: str, loaded: Sequence[str], not_loaded: Sequence[str]) -> None:
+        """Called by ``nnssl_train -pretrained_weights`` right after ``path`` was loaded into :meth:`backbone`.
+
+        ``loaded`` / ``not_loaded`` are the backbone keys that were / were not taken from the file. Methods with
+        an EMA teacher re-copy it here (teacher = pretrained student at step 0); others need nothing.
+        """

@@ -1,0 +1,386 @@
+"""3D DINO (DINOv2-style: DINO + iBOT + KoLeo) on Primus and ResEnc backbones.
+
+Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers"; Zhou et al. 2022, "iBOT";
+Oquab et al. 2024, "DINOv2". Recipe and small-batch choices: methods.md 2.2 and 2.5; losses in
+:mod:`nnssl.losses.dino`; documentation in ``documentation/dino.md``.
+
+Total loss ``L = L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo`` with
+
+* views (:class:`nnssl.transforms.multicrop.MultiCropTransform`): 2 global crops (``global_crop_size``, the
+  backbone's build size and ``network_patch_size()``) and ``num_local_crops`` local crops per volume;
+* student = backbone + DINO head (+ iBOT head for Primus); teacher = EMA copy of all three
+  (:mod:`nnssl.methods.teacher`), momentum cosine ``momentum_start -> 1`` over all optimizer steps;
+* "CLS" (the input of the DINO head and of KoLeo): Primus: the MEAN over the Eva output tokens (dna's Primus has
+  no CLS token, and the downstream network has none either, so no CLS weights would survive pre-training);
+  ResEnc: the global average pool of every encoder stage, concatenated (1120-d for ResEnc-L;
+  :func:`nnssl.methods.features.encoder_features`);
+* iBOT (Primus only): per global view, with probability ``ibot_sample_probability`` an image gets a ratio
+  ``r ~ U(ibot_mask_ratio)`` and ``floor(r N)`` (>= 1) uniformly chosen tokens masked: the learned
+  ``mask_token`` replaces them in patch-grid coordinates right after the patch embedding, before the positional
+  embedding (there are no prefix tokens at all, so the mask/CLS offset bug of methods.md 2.3 cannot occur).
+  The teacher sees the unmasked view; the loss runs over the masked tokens only. ResEnc has NO iBOT term (a
+  dense alternative is AlignedMAE's alignment; asking for ``ibot=True`` on ResEnc is an error).
+* local crops on Primus: the learned ``pos_embed`` (sized for the global grid) is resampled trilinearly to
+  the local grid and the RoPE table is rebuilt for the local grid with timm's ``ref_feat_shape`` scaling,
+  so both positional encodings map the local grid onto the same normalised extent as the global one
+  (:func:`eva_forward_grid`).
+
+Schedules by optimizer step: teacher temperature linear ``teacher_temp_start -> teacher_temp_end`` over
+``teacher_temp_warmup_epochs`` epochs (epochs from ``configure_schedule``, called by the engine), EMA
+momentum, and (engine) the last layers' learning rate 0 for ``freeze_last_layer_epochs`` epochs.
+Logged per step: ``dino_loss``, ``ln_K``, ``teacher_entropy`` (H(P_T)/ln K), ``effective_rank`` of the
+student's backbone CLS vectors, ``koleo``, ``ibot``, ``teacher_temp``, ``ema_momentum``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.eva import Eva
+from timm.layers.pos_embed_sincos import build_rotary_pos_embed
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from nnssl.architectures import check_patch_size
+from nnssl.architectures.primus import flatten_tokens, unflatten_tokens
+from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.losses.dino import (
+    CenteredTargets,
+    dino_cross_view_loss,
+    effective_rank,
+    ibot_masked_loss,
+    koleo_loss,
+    teacher_entropy_ratio,
+)
+from nnssl.methods.base import SSLMethod, StepOutput, Transform
+from nnssl.methods.dino_head import LAST_LAYER_NAME, DINOHead
+from nnssl.methods.features import encoder_features, is_token_backbone, pooled_dim
+from nnssl.methods.registry import METHODS
+from nnssl.methods.teacher import cosine_momentum, ema_update_, make_teacher
+from nnssl.transforms.intensity import IntensityAugmentation
+from nnssl.transforms.multicrop import MultiCropTransform
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DINOConfig:
+    """DINO hyper-parameters (defaults: the small-batch recipe of methods.md 2.5; see documentation/dino.md)."""
+
+    num_prototypes: int = 8192
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp_start: float = 0.04
+    teacher_temp_end: float = 0.07
+    teacher_temp_warmup_epochs: int = 30
+    centering: str = "sinkhorn"
+    center_momentum: float = 0.9
+    sinkhorn_iterations: int = 3
+    ibot: bool = True
+    ibot_weight: float = 1.0
+    ibot_mask_ratio: tuple[float, float] = (0.1, 0.5)
+    ibot_sample_probability: float = 0.5
+    koleo_weight: float = 0.1
+    num_local_crops: int = 8
+    global_crop_size: int = 96
+    local_crop_size: int = 48
+    global_crop_scale: tuple[float, float] = (0.5, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.3)
+    momentum_start: float = 0.992
+    freeze_last_layer_epochs: int = 5
+    intensity_augmentation: bool = True
+
+
+def resampled_pos_embed(pos_embed: torch.Tensor, build_grid: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
+    """(1, N, D) learned positional embedding of ``build_grid`` -> (1, N', D) for ``grid`` (trilinear, (w h d))."""
+    if tuple(grid) == tuple(build_grid):
+        return pos_embed
+    volume = unflatten_tokens(pos_embed, build_grid)
+    volume = F.interpolate(volume, size=tuple(int(g) for g in grid), mode="trilinear", align_corners=False)
+    return flatten_tokens(volume)
+
+
+def rope_table(eva: Eva, grid: Sequence[int]) -> torch.Tensor | None:
+    """The RoPE table (N', 2 * rope_dim) of dna's Eva for ``grid`` (``eva.rope.get_embed()`` at the build grid)."""
+    rope = eva.rope
+    if rope is None:
+        return None
+    if rope.feat_shape is not None and tuple(grid) == tuple(rope.feat_shape):
+        return rope.get_embed()
+    reference = rope.get_embed()
+    sin, cos = build_rotary_pos_embed(
+        feat_shape=[int(g) for g in grid],
+        dim=rope.dim,
+        max_res=rope.max_res,
+        temperature=rope.temperature,
+        linear_bands=rope.linear_bands,
+        in_pixels=rope.in_pixels,
+        ref_feat_shape=rope.ref_feat_shape,
+        grid_offset=getattr(rope, "grid_offset", 0.0),
+        grid_indexing=getattr(rope, "grid_indexing", "ij"),
+        device=reference.device,
+        dtype=reference.dtype,
+    )
+    return torch.cat([sin, cos], dim=-1)
+
+
+def eva_forward_grid(eva: Eva, tokens: torch.Tensor, grid: Sequence[int], build_grid: Sequence[int]) -> torch.Tensor:
+    """Run dna's Eva on all (B, N, D) tokens of ``grid`` (possibly smaller than the ``build_grid`` it was built for).
+
+    ``pos_embed`` is resampled (:func:`resampled_pos_embed`) and RoPE rebuilt (:func:`rope_table`) for ``grid``;
+    at the build grid this equals ``eva(tokens)[0]``.
+    """
+    if eva.num_prefix_tokens:
+        raise ValueError("eva_forward_grid does not support register/prefix tokens (num_reg_tokens must be 0).")
+    x = tokens
+    if eva.pos_embed is not None:
+        x = x + resampled_pos_embed(eva.pos_embed, build_grid, grid).to(x.dtype)
+    x = eva.pos_drop(x)
+    rope = rope_table(eva, grid)
+    for block in eva.blocks:
+        if eva.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, rope=rope, use_reentrant=False)
+        else:
+            x = block(x, rope=rope)
+    return eva.norm(x)
+
+
+def random_token_mask(
+    batch: int, num_tokens: int, ratio_range: Sequence[float], sample_probability: float, device: torch.device
+) -> torch.Tensor:
+    """(B, N) bool iBOT mask: each image with ``sample_probability`` gets ``max(1, floor(r N))`` random tokens,
+    ``r ~ U(ratio_range)``; the other images get none."""
+    low, high = float(ratio_range[0]), float(ratio_range[1])
+    if not 0.0 <= low <= high < 1.0:
+        raise ValueError(f"method.ibot_mask_ratio must satisfy 0 <= low <= high < 1, got ({low}, {high}).")
+    selected = torch.rand(batch, device=device) < sample_probability
+    ratios = low + (high - low) * torch.rand(batch, device=device)
+    counts = torch.clamp(torch.floor(ratios * num_tokens), min=1).long() * selected.long()
+    ranks = torch.argsort(torch.rand(batch, num_tokens, device=device), dim=1).argsort(dim=1)
+    return ranks < counts.unsqueeze(1)
+
+
+@METHODS.register("DINO")
+class DINO(SSLMethod):
+    """DINOv2-style self-distillation; ``backbone()`` is the downstream network (dna Primus or ResEnc U-Net)."""
+
+    config_cls = DINOConfig
+
+    def __init__(
+        self, cfg: DINOConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
+    ) -> None:
+        super().__init__(cfg, arch, patch_size, in_channels)
+        self.global_size = check_patch_size(arch, (cfg.global_crop_size,) * 3)
+        self.local_size = (int(cfg.local_crop_size),) * 3
+        if cfg.num_local_crops > 0:
+            bad = [s for s in self.local_size if s % arch.patch_multiple or s <= 0]
+            if bad:
+                raise ValueError(
+                    f"method.local_crop_size={cfg.local_crop_size} must be a positive multiple of "
+                    f"{arch.patch_multiple} for {arch.name}; e.g. --set method.local_crop_size=48."
+                )
+        if cfg.centering not in ("mean", "sinkhorn"):
+            raise ValueError(f"method.centering must be 'mean' or 'sinkhorn', got '{cfg.centering}'.")
+        self.token_backbone = is_token_backbone(arch)
+        self.use_ibot = bool(cfg.ibot)
+        # An image batch may have no masked token (iBOT head and mask token then get no gradient).
+        self.ddp_find_unused_parameters = self.use_ibot
+        if self.use_ibot and not self.token_backbone:
+            raise ValueError(
+                f"iBOT needs patch tokens; {arch.name} is a CNN and has none. Use --set method.ibot=false "
+                "(ResEnc presets train DINO + KoLeo only)."
+            )
+        backbone = arch.build(in_channels, in_channels, self.global_size)
+        feature_dim = pooled_dim(arch, backbone)
+        student = nn.ModuleDict(
+            {
+                "backbone": backbone,
+                "dino_head": DINOHead(feature_dim, cfg.num_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim),
+            }
+        )
+        if self.use_ibot:
+            student["ibot_head"] = DINOHead(
+                feature_dim, cfg.num_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim
+            )
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, feature_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.student = student
+        self.teacher = make_teacher(student)
+        self.dino_targets = CenteredTargets(
+            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
+        )
+        self.ibot_targets = CenteredTargets(
+            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
+        )
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
+        self.steps_per_epoch: int | None = None
+        self.total_steps: int | None = None
+        self.build_grid = tuple(s // int(arch.token_size or 1) for s in self.global_size)
+        if not self.token_backbone:
+            logger.info("DINO on %s: no iBOT term (CNN backbone, no patch tokens); DINO + KoLeo only.", arch.name)
+
+    # ------------------------------------------------------------------ engine hooks
+    def network_patch_size(self) -> tuple[int, ...]:
+        return self.global_size
+
+    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
+        return ("teacher",)
+
+    def train(self, mode: bool = True) -> DINO:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def backbone(self) -> nn.Module:
+        return self.student["backbone"]
+
+    def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Called by the engine before training (and before a resume): epoch length, total optimizer steps.
+
+        At step 0 the teacher is re-copied from the student, so pretrained weights loaded into the backbone after
+        construction reach the teacher too (methods.md 0.5: teacher initialised after loading).
+        """
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = int(total_steps)
+        if int(self.step_count) == 0:
+            self.teacher.load_state_dict(self.student.state_dict())
+
+    def on_step_end(self, step: int, max_steps: int) -> None:
+        momentum = cosine_momentum(step, max_steps, self.cfg.momentum_start)
+        ema_update_(self.teacher, self.student, momentum)
+        self.step_count.fill_(step + 1)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on weights only (none on biases, norms, pos_embed, mask token); prototype layers frozen
+        (lr 0, optimizer state kept) for ``freeze_last_layer_epochs`` epochs."""
+        decay, no_decay, last = [], [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if f".{LAST_LAYER_NAME}." in f".{name}":
+                last.append(param)
+            elif param.ndim <= 1 or name.endswith("pos_embed") or name == "mask_token":
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
+            {"params": last, "weight_decay": weight_decay, "freeze_epochs": int(self.cfg.freeze_last_layer_epochs)},
+        ]
+        return [g for g in groups if g["params"]]
+
+    # ------------------------------------------------------------------ views
+    def train_transform(self) -> Transform:
+        cfg = self.cfg
+        return MultiCropTransform(
+            global_size=self.global_size,
+            local_size=self.local_size,
+            num_global=2,
+            num_local=int(cfg.num_local_crops),
+            global_scale=tuple(cfg.global_crop_scale),
+            local_scale=tuple(cfg.local_crop_scale),
+            intensity=IntensityAugmentation() if cfg.intensity_augmentation else IntensityAugmentation.none(),
+        )
+
+    def val_transform(self) -> Transform:
+        return self.train_transform()
+
+    # ------------------------------------------------------------------ schedules
+    def teacher_temperature(self) -> float:
+        """Linear warm-up ``teacher_temp_start -> teacher_temp_end`` over the warm-up epochs, then constant."""
+        cfg = self.cfg
+        if self.steps_per_epoch is None or cfg.teacher_temp_warmup_epochs <= 0:
+            return float(cfg.teacher_temp_end)
+        epoch = int(self.step_count) / self.steps_per_epoch
+        fraction = min(epoch / cfg.teacher_temp_warmup_epochs, 1.0)
+        return float(cfg.teacher_temp_start + (cfg.teacher_temp_end - cfg.teacher_temp_start) * fraction)
+
+    # ------------------------------------------------------------------ features
+    def _features(
+        self, modules: nn.ModuleDict, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(CLS (B, D), tokens (B, N, D) or None) of ``x`` for the student or teacher ``modules``."""
+        backbone = modules["backbone"]
+        if not self.token_backbone:
+            return encoder_features(backbone, self.arch, x).pooled, None
+        embedded = backbone.down_projection(x)
+        grid = tuple(int(g) for g in embedded.shape[2:])
+        tokens = flatten_tokens(embedded)
+        if mask is not None:
+            tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        out = eva_forward_grid(backbone.eva, tokens, grid, self.build_grid)
+        return out.mean(dim=1), out
+
+    # ------------------------------------------------------------------ step
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        cfg = self.cfg
+        glob = batch["global_views"]
+        b, n_global = glob.shape[:2]
+        globals_flat = glob.transpose(0, 1).reshape(n_global * b, *glob.shape[2:])
+        locals_ = batch.get("local_views")
+        n_local = 0 if locals_ is None else int(locals_.shape[1])
+        temp = self.teacher_temperature()
+        k = cfg.num_prototypes
+
+        with torch.no_grad():
+            t_cls, t_tokens = self._features(self.teacher, globals_flat)
+            t_logits = self.teacher["dino_head"](t_cls).float()
+            t_probs = self.dino_targets.targets(t_logits, temp)
+
+        mask = None
+        if self.use_ibot:
+            mask = random_token_mask(
+                n_global * b, t_tokens.shape[1], cfg.ibot_mask_ratio, cfg.ibot_sample_probability, glob.device
+            )
+        s_cls_global, s_tokens = self._features(self.student, globals_flat, mask)
+        s_cls = [s_cls_global]
+        if n_local:
+            locals_flat = locals_.transpose(0, 1).reshape(n_local * b, *locals_.shape[2:])
+            s_cls.append(self._features(self.student, locals_flat)[0])
+        s_cls_all = torch.cat(s_cls, dim=0)
+        s_logits = self.student["dino_head"](s_cls_all).float()
+
+        dino, _ = dino_cross_view_loss(list(s_logits.split(b)), list(t_probs.split(b)), cfg.student_temp)
+        loss = dino
+        metrics = {
+            "dino_loss": float(dino.detach()),
+            "ln_K": math.log(k),
+            "teacher_entropy": teacher_entropy_ratio(t_probs),
+            "effective_rank": effective_rank(s_cls_all),
+            "teacher_temp": temp,
+        }
+
+        koleo_terms = [koleo_loss(v) for v in s_cls_global.split(b)]
+        koleo_terms = [t for t in koleo_terms if t is not None]
+        if koleo_terms and cfg.koleo_weight > 0:
+            koleo = torch.stack(koleo_terms).mean()
+            loss = loss + cfg.koleo_weight * koleo
+            metrics["koleo"] = float(koleo.detach())
+
+        ibot_logits_t = None
+        if self.use_ibot and mask is not None:
+            # Every rank runs the same collectives (centre/Sinkhorn all-reduces), even with no masked token.
+            with torch.no_grad():
+                ibot_logits_t = self.teacher["ibot_head"](t_tokens[mask]).float()
+                ibot_probs = self.ibot_targets.targets(ibot_logits_t, temp)
+            s_patch = self.student["ibot_head"](s_tokens[mask]).float()
+            ibot = ibot_masked_loss(s_patch, ibot_probs, mask, cfg.student_temp) + 0.0 * s_patch.sum()
+            loss = loss + cfg.ibot_weight * ibot
+            metrics["ibot"] = float(ibot.detach())
+            metrics["ibot_masked_fraction"] = float(mask.float().mean())
+            if ibot_probs.shape[0]:
+                metrics["ibot_teacher_entropy"] = teacher_entropy_ratio(ibot_probs)
+
+        if self.training:
+            self.dino_targets.update(t_logits)
+            if ibot_logits_t is not None:
+                self.ibot_targets.update(ibot_logits_t)
+        return StepOutput(loss=loss, metrics=metrics)

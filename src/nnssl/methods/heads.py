@@ -1,0 +1,117 @@
+"""MLP heads shared by the contrastive and teacher-student methods (methods.md 1.4, 4.5, 4.8).
+
+:class:`ProjectionHead`: ``num_layers`` Linear layers ``in -> hidden -> ... -> out``; every layer but the last
+is followed by a normalisation and an activation, the last by a normalisation only when ``last_norm``.
+Normalisations:
+
+* ``"batch_no_stats"``: ``BatchNorm1d(affine=False, track_running_stats=False)``: always batch statistics,
+  in train and eval mode, so an EMA teacher in eval mode normalises exactly like the student (CVA's ResEnc
+  head; avoids the frozen running-statistics pitfall of methods.md 1.7 item 4);
+* ``"batch"``: standard ``BatchNorm1d`` (affine, running statistics);
+* ``"feature"``: per-vector normalisation, i.e. ``InstanceNorm1d`` applied to an (N, C) tensor as upstream's
+  VoCo/SimCLR head does: each row is shifted to mean 0 and scaled to variance 1 over its C features
+  (no affine parameters, eps 1e-5). It does not mix samples, so it needs no batch;
+* ``None``: no normalisation.
+
+Linear weights are truncated-normal (std 0.02, cut at +-2 std), biases 0 (CVA/DINO heads).
+:class:`PredictorHead` is BYOL's predictor: Linear, BatchNorm1d, SiLU, Linear.
+Inputs may have any leading shape (..., in_dim); they are flattened to rows for the normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORMS = ("batch_no_stats", "batch", "feature", None)
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class FeatureNorm(nn.Module):
+    """Per-row standardisation of an (N, C) tensor: ``(x - mean_C(x)) / sqrt(var_C(x) + eps)`` (biased var)."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+
+def make_norm(kind: str | None, dim: int) -> nn.Module:
+    """The normalisation layer named ``kind`` (see the module docstring) for ``dim`` features."""
+    if kind == "batch_no_stats":
+        return nn.BatchNorm1d(dim, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return nn.BatchNorm1d(dim)
+    if kind == "feature":
+        return FeatureNorm()
+    if kind is None or kind == "none":
+        return nn.Identity()
+    raise ValueError(f"Unknown head normalisation '{kind}'; use one of {NORMS}.")
+
+
+def init_linear_(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for every Linear inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class _RowMLP(nn.Module):
+    """Applies ``self.layers`` to (..., C) inputs by flattening the leading axes into rows."""
+
+    layers: nn.Sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        out = self.layers(x.reshape(-1, x.shape[-1]))
+        return out.reshape(*lead, out.shape[-1])
+
+
+class ProjectionHead(_RowMLP):
+    """``num_layers`` x (Linear [+ norm + act]); the last Linear is followed by a norm iff ``last_norm``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 3,
+        norm: str | None = "batch_no_stats",
+        act: str = "silu",
+        last_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"ProjectionHead needs at least one layer, got num_layers={num_layers}.")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"Unknown head activation '{act}'; use one of {sorted(ACTIVATIONS)}.")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            last = i == num_layers - 1
+            if not last or last_norm:
+                layers.append(make_norm(norm, dims[i + 1]))
+            if not last:
+                layers.append(ACTIVATIONS[act]())
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = out_dim
+        init_linear_(self)
+
+
+class PredictorHead(_RowMLP):
+    """BYOL/CVA predictor: Linear(in, hidden), BatchNorm1d(hidden), SiLU, Linear(hidden, out)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim)
+        )
+        self.out_dim = out_dim
+        init_linear_(self)

@@ -1,0 +1,165 @@
+"""Per-view intensity augmentations on numpy (C, X, Y, Z) float32 arrays (batchgenerators-style).
+
+Every function draws from numpy's global generator (the loader seeds it per sample) and returns a NEW
+array: the input is never modified, so a clean target kept by the caller stays clean (methods.md 7 item 8).
+
+Transforms (defaults of :class:`IntensityAugmentation` follow the per-crop list of CVA/VoCo/SimCLR,
+methods.md 1.3 and 4.5; Isensee et al., nnU-Net's batchgenerators transforms):
+
+* Gaussian noise ``x + N(0, s^2)``, variance ``s^2 ~ U(0, 0.1)``;
+* Rician noise ``sqrt((x + N(0, s^2))^2 + N(0, s^2)^2) * sign(x)`` with the same variance range;
+  one of the two noises is applied with ``p_noise`` (0.1);
+* Gaussian blur, ``sigma ~ U(0.5, 1)`` per channel (p 0.2 per sample, 0.5 per channel);
+* multiplicative brightness ``x * U(0.75, 1.25)`` (p 0.15);
+* contrast ``(x - mean) * U(0.75, 1.25) + mean`` clipped to the original [min, max] (p 0.15);
+* gamma ``((x - min) / range)^g * range + min`` with ``g`` from [0.7, 1) or [1, 1.5) (each half with
+  probability 1/2), then the original mean and std restored; on the inverted image ``-x`` with
+  ``p_gamma_inverted`` (0.1) and on the image with ``p_gamma`` (0.3);
+* simulated low resolution: nearest-neighbour down-sampling by ``U(0.5, 1)`` per axis-uniform zoom and
+  cubic up-sampling back (p 0.25 per sample, 0.5 per channel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+EPS = 1e-7
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(np.random.uniform(low, high))
+
+
+def gaussian_noise(x: np.ndarray, variance_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
+    """``x + N(0, s^2)`` with ``s^2 ~ U(variance_range)`` (one variance per call)."""
+    sigma = np.sqrt(_uniform(*variance_range))
+    return (x + np.random.normal(0.0, sigma, size=x.shape)).astype(np.float32)
+
+
+def rician_noise(x: np.ndarray, variance_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
+    """Rician noise as batchgenerators: ``sqrt((x + n1)^2 + n2^2) * sign(x)``, ``n1, n2 ~ N(0, s^2)``."""
+    sigma = np.sqrt(_uniform(*variance_range))
+    n1 = np.random.normal(0.0, sigma, size=x.shape)
+    n2 = np.random.normal(0.0, sigma, size=x.shape)
+    return (np.sqrt((x + n1) ** 2 + n2**2) * np.sign(x)).astype(np.float32)
+
+
+def gaussian_blur(
+    x: np.ndarray, sigma_range: tuple[float, float] = (0.5, 1.0), p_per_channel: float = 0.5
+) -> np.ndarray:
+    """Per channel (with ``p_per_channel``) a Gaussian blur with ``sigma ~ U(sigma_range)`` (scipy.ndimage)."""
+    out = x.astype(np.float32, copy=True)
+    for c in range(out.shape[0]):
+        if np.random.uniform() < p_per_channel:
+            out[c] = ndimage.gaussian_filter(out[c], _uniform(*sigma_range), mode="nearest")
+    return out
+
+
+def brightness_multiplicative(x: np.ndarray, multiplier_range: tuple[float, float] = (0.75, 1.25)) -> np.ndarray:
+    """``x * U(multiplier_range)``."""
+    return (x * _uniform(*multiplier_range)).astype(np.float32)
+
+
+def contrast(x: np.ndarray, factor_range: tuple[float, float] = (0.75, 1.25)) -> np.ndarray:
+    """Per channel ``(x - mean) * f + mean`` with ``f ~ U(factor_range)``, clipped to the channel's [min, max]."""
+    out = np.empty_like(x, dtype=np.float32)
+    for c in range(x.shape[0]):
+        channel = x[c]
+        mean, lo, hi = channel.mean(), channel.min(), channel.max()
+        out[c] = np.clip((channel - mean) * _uniform(*factor_range) + mean, lo, hi)
+    return out
+
+
+def gamma(x: np.ndarray, gamma_range: tuple[float, float] = (0.7, 1.5), invert: bool = False) -> np.ndarray:
+    """Gamma on the [0, 1]-rescaled channel, original mean/std restored; ``invert`` applies it to ``-x``."""
+    out = np.empty_like(x, dtype=np.float32)
+    for c in range(x.shape[0]):
+        channel = -x[c] if invert else x[c]
+        mean, std = channel.mean(), channel.std()
+        if gamma_range[0] < 1 and np.random.uniform() < 0.5:
+            g = _uniform(gamma_range[0], 1.0)
+        else:
+            g = _uniform(max(gamma_range[0], 1.0), gamma_range[1])
+        lo = channel.min()
+        span = channel.max() - lo
+        res = np.power((channel - lo) / (span + EPS), g) * span + lo
+        res = (res - res.mean()) / (res.std() + 1e-8) * std + mean
+        out[c] = -res if invert else res
+    return out
+
+
+def simulate_low_resolution(
+    x: np.ndarray, zoom_range: tuple[float, float] = (0.5, 1.0), p_per_channel: float = 0.5
+) -> np.ndarray:
+    """Per channel (``p_per_channel``): nearest down-sampling by ``U(zoom_range)`` and cubic up-sampling back."""
+    out = x.astype(np.float32, copy=True)
+    shape = np.array(x.shape[1:])
+    for c in range(out.shape[0]):
+        if np.random.uniform() >= p_per_channel:
+            continue
+        small = np.maximum(1, np.round(shape * _uniform(*zoom_range)).astype(int))
+        down = ndimage.zoom(out[c], small / shape, order=0, mode="nearest", grid_mode=True)
+        up = ndimage.zoom(down, shape / np.array(down.shape), order=3, mode="nearest", grid_mode=True)
+        out[c] = up[tuple(slice(0, s) for s in shape)]
+    return out
+
+
+@dataclass
+class IntensityAugmentation:
+    """Random intensity augmentation of one view (see the module docstring for each transform).
+
+    ``__call__(x)`` returns a new float32 array of the same shape; the probabilities are per call
+    (per view). :meth:`none` gives the identity (validation), which still returns a copy.
+    """
+
+    p_noise: float = 0.1
+    p_rician_given_noise: float = 0.5
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    p_blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_brightness: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    p_low_resolution: float = 0.25
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    p_gamma_inverted: float = 0.1
+    p_gamma: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+
+    @classmethod
+    def none(cls) -> IntensityAugmentation:
+        """No augmentation (every probability 0)."""
+        return cls(
+            p_noise=0.0,
+            p_blur=0.0,
+            p_brightness=0.0,
+            p_contrast=0.0,
+            p_low_resolution=0.0,
+            p_gamma_inverted=0.0,
+            p_gamma=0.0,
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.array(x, dtype=np.float32, copy=True)
+        if np.random.uniform() < self.p_noise:
+            if np.random.uniform() < self.p_rician_given_noise:
+                out = rician_noise(out, self.noise_variance)
+            else:
+                out = gaussian_noise(out, self.noise_variance)
+        if np.random.uniform() < self.p_blur:
+            out = gaussian_blur(out, self.blur_sigma)
+        if np.random.uniform() < self.p_brightness:
+            out = brightness_multiplicative(out, self.brightness_range)
+        if np.random.uniform() < self.p_contrast:
+            out = contrast(out, self.contrast_range)
+        if np.random.uniform() < self.p_low_resolution:
+            out = simulate_low_resolution(out, self.low_resolution_zoom)
+        if np.random.uniform() < self.p_gamma_inverted:
+            out = gamma(out, self.gamma_range, invert=True)
+        if np.random.uniform() < self.p_gamma:
+            out = gamma(out, self.gamma_range, invert=False)
+        return out

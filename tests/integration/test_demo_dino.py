@@ -1,0 +1,69 @@
+"""Every DINO preset's tiny CPU variant on the shipped demo volumes: finite, no collapse signature, loadable encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from nnssl.architectures.adaptation_plan import verify_adaptation_plan
+from nnssl.cli.plan_and_preprocess import main as plan_and_preprocess
+from nnssl.cli.train import main as train
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "DemoDINO_PrimusTiny",
+        pytest.param(
+            "DemoDINO_ResEncTiny",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="Known issue (documentation/dino.md): on ResEncTiny the multi-stage GAP 'CLS' of "
+                    "instance-normalised stages barely differs between samples; within 16 steps the teacher "
+                    "entropy drifts to ~0.996 (ln K plateau). Finite loss and a loadable encoder are fine.",
+                ),
+            ],
+        ),
+    ],
+)
+def test_short_dino_run_on_demo_data_does_not_collapse(demo_raw_dataset, nnssl_env, preset) -> None:
+    assert plan_and_preprocess(["-d", "1", "-c", "onemmiso", "-np", "1", "-npfp", "1", "--no_progress"]) == 0
+    overrides = {
+        "train.num_epochs": 4,
+        "train.iterations_per_epoch": 4,
+        "train.val_iterations": 1,
+        "data.num_workers": 0,
+        "method.teacher_temp_warmup_epochs": 2,
+    }
+    if preset == "DemoDINO_ResEncTiny":
+        overrides["method.teacher_temp_end"] = 0.04
+    args = ["1", "onemmiso", "-tr", preset, "-device", "cpu"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    assert train(args) == 0
+
+    folder = nnssl_env["nnssl_results"] / "Dataset001_Demo" / f"{preset}__nnsslPlans__onemmiso" / "fold_all"
+    epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 4
+    last = epochs[-1]
+    for record in epochs:
+        assert math.isfinite(record["train_loss"]) and record["skipped_steps"] == 0
+        assert record["train/ln_K"] == pytest.approx(math.log(1024))
+    # No uniform collapse (flat targets: entropy ~1, loss stuck at ln K) and no one-hot collapse (entropy ~0).
+    # The loss itself stays near ln K in so short a run, so the targets' entropy is the criterion.
+    assert 0.05 < last["train/teacher_entropy"] < 0.98, last
+    assert last["train/effective_rank"] > 1.0, last
+    assert math.isfinite(last["train/koleo"])
+    if preset == "DemoDINO_PrimusTiny":
+        assert math.isfinite(last["train/ibot"])
+    else:
+        assert "train/ibot" not in last
+
+    checkpoint = torch.load(folder / "checkpoint_final.pth", weights_only=True)
+    verify_adaptation_plan(checkpoint["nnssl_adaptation_plan"], checkpoint["network_weights"])
+    assert checkpoint["nnssl_adaptation_plan"]["architecture_plans"]["arch_kwargs"] is not None

@@ -1,0 +1,140 @@
+"""DINO method pieces: head, multi-crop views, local-grid positional encodings, mask alignment, EMA, one step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nnssl.architectures import ARCHITECTURES
+from nnssl.architectures.primus import flatten_tokens
+from nnssl.methods.dino import DINO, DINOConfig, eva_forward_grid, random_token_mask, resampled_pos_embed, rope_table
+from nnssl.methods.dino_head import DINOHead
+from nnssl.methods.teacher import cosine_momentum
+from nnssl.transforms.multicrop import MultiCropTransform, crop_size_for_volume_fraction
+
+TINY = dict(num_prototypes=128, head_hidden_dim=64, head_bottleneck_dim=32, global_crop_size=32, local_crop_size=16)
+
+
+def make(arch: str = "PrimusTiny", **kw) -> DINO:
+    torch.manual_seed(0)
+    cfg = DINOConfig(**{**TINY, "num_local_crops": 2, "ibot": arch.startswith("Primus"), **kw})
+    return DINO(cfg, ARCHITECTURES.get(arch), (48, 48, 48))
+
+
+def batch_for(method: DINO, b: int = 2) -> dict[str, torch.Tensor]:
+    np.random.seed(0)
+    transform = method.train_transform()
+    samples = [transform({"image": np.random.randn(1, 48, 48, 48).astype(np.float32)}) for _ in range(b)]
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def test_head_normalised_prototypes_and_bounded_logits() -> None:
+    head = DINOHead(20, 50, hidden_dim=32, bottleneck_dim=8)
+    with torch.no_grad():
+        head.last_layer.weight.mul_(7.0)
+    z = head.bottleneck(torch.randn(5, 20))
+    assert torch.allclose(z.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(head.last_layer.normalized_weight().norm(dim=1), torch.ones(50), atol=1e-5)
+    assert head(torch.randn(5, 20)).abs().max() <= 1.0 + 1e-5
+    assert torch.isfinite(head.bottleneck(torch.zeros(2, 20))).all()
+
+
+def test_multicrop_views_shapes_volume_fractions_and_independence() -> None:
+    assert crop_size_for_volume_fraction((40, 40, 40), 0.125) == (20, 20, 20)
+    transform = MultiCropTransform(global_size=(16,) * 3, local_size=(8,) * 3, num_local=3)
+    np.random.seed(3)
+    image = np.random.randn(1, 32, 32, 32).astype(np.float32)
+    original = image.copy()
+    out = transform({"image": image})
+    assert out["global_views"].shape == (2, 1, 16, 16, 16) and out["local_views"].shape == (3, 1, 8, 8, 8)
+    assert np.array_equal(image, original)
+    assert not np.allclose(out["local_views"][0], out["local_views"][1])
+    with pytest.raises(ValueError, match="volume fractions"):
+        MultiCropTransform(global_scale=(0.0, 1.2))
+
+
+def test_local_grid_positional_encodings() -> None:
+    method = make()
+    eva = method.backbone().eva
+    build = method.build_grid
+    assert torch.equal(rope_table(eva, build), eva.rope.get_embed())
+    assert torch.equal(resampled_pos_embed(eva.pos_embed, build, build), eva.pos_embed)
+    small = resampled_pos_embed(eva.pos_embed, build, (2, 2, 2))
+    assert small.shape == (1, 8, eva.pos_embed.shape[-1])
+    assert rope_table(eva, (2, 2, 2)).shape == (8, eva.rope.get_embed().shape[-1])
+    # A constant pos_embed stays constant after trilinear resampling.
+    const = torch.ones_like(eva.pos_embed) * 0.3
+    assert torch.allclose(resampled_pos_embed(const, build, (2, 2, 2)), torch.full_like(small, 0.3))
+    tokens = torch.randn(2, 64, eva.pos_embed.shape[-1])
+    with torch.no_grad():
+        assert torch.allclose(eva_forward_grid(eva, tokens, build, build), eva(tokens)[0], atol=1e-6)
+        assert eva_forward_grid(eva, tokens[:, :8], (2, 2, 2), build).shape == (2, 8, tokens.shape[-1])
+
+
+def test_mask_token_lands_exactly_on_the_masked_patch_positions() -> None:
+    method = make()
+    backbone = method.backbone()
+    grid = method.build_grid
+    x = torch.zeros(1, 1, 32, 32, 32)
+    for t, (w, h, d) in enumerate(np.ndindex(*grid)):
+        x[0, 0, 8 * w : 8 * w + 8, 8 * h : 8 * h + 8, 8 * d : 8 * d + 8] = t + 1.0
+    masked = torch.tensor([0, 5, 17, 63])
+    mask = torch.zeros(1, 64, dtype=torch.bool)
+    mask[0, masked] = True
+    seen = {}
+    handle = backbone.eva.pos_drop.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
+    with torch.no_grad():
+        method._features(method.student, x, mask)
+    handle.remove()
+    entered = seen["x"] - backbone.eva.pos_embed
+    clean = flatten_tokens(backbone.down_projection(x)).detach()
+    is_mask = torch.isclose(entered, method.mask_token.detach().expand_as(entered), atol=1e-6).all(dim=-1)[0]
+    assert torch.equal(is_mask.nonzero().flatten(), masked)
+    assert torch.allclose(entered[0, ~mask[0]], clean[0, ~mask[0]], atol=1e-5)
+
+
+def test_random_token_mask_counts() -> None:
+    torch.manual_seed(0)
+    mask = random_token_mask(200, 50, (0.2, 0.4), 0.5, torch.device("cpu"))
+    counts = mask.sum(1)
+    chosen = counts > 0
+    assert 0.35 < chosen.float().mean() < 0.65
+    assert counts[chosen].min() >= 10 and counts.max() <= 20
+
+
+def test_ema_endpoints_and_teacher_starts_as_student() -> None:
+    assert cosine_momentum(0, 100, 0.992) == pytest.approx(0.992)
+    assert cosine_momentum(99, 100, 0.992) == pytest.approx(1.0)
+    method = make()
+    for (name, s), (_, t) in zip(method.student.named_parameters(), method.teacher.named_parameters()):
+        assert torch.equal(s, t), name
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    method.train()
+    assert not method.teacher.training
+
+
+@pytest.mark.parametrize("arch", ["PrimusTiny", "ResEncTiny"])
+def test_one_step_is_finite_and_logs_the_collapse_monitors(arch: str) -> None:
+    method = make(arch)
+    method.configure_schedule(steps_per_epoch=4, total_steps=40)
+    method.train()
+    out = method(batch_for(method))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert out.metrics["ln_K"] == pytest.approx(math.log(128))
+    for key in ("dino_loss", "teacher_entropy", "effective_rank", "koleo"):
+        assert math.isfinite(out.metrics[key]), key
+    assert ("ibot" in out.metrics) == (arch == "PrimusTiny")
+    assert out.metrics["teacher_temp"] == pytest.approx(0.04)
+    assert method.network_patch_size() == (32, 32, 32)
+    assert float(method.dino_targets.center.abs().sum()) == 0.0  # Sinkhorn by default: no centre
+    names = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert all(not n.startswith("teacher") for n in names)
+
+
+def test_ibot_on_resenc_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="method.ibot=false"):
+        make("ResEncTiny", ibot=True)

@@ -1,0 +1,162 @@
+"""Shared pieces of the contrastive/teacher-student methods: EMA teacher, DDP ignore list, heads, features."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nnssl.architectures import ARCHITECTURES, build_network
+from nnssl.engine.distributed import DistContext, destroy_process_group, init_process_group, spawn
+from nnssl.engine.trainer import ddp_ignored_names
+from nnssl.methods.base import SSLMethod
+from nnssl.methods.features import encoder_features, pooled_dim
+from nnssl.methods.heads import FeatureNorm, PredictorHead, ProjectionHead
+from nnssl.methods.teacher import cosine_momentum, ema_update_, make_teacher
+
+
+class _WithTeacher(SSLMethod):
+    config_cls = dict
+
+    def __init__(self) -> None:
+        super().__init__({}, ARCHITECTURES.get("ResEncTiny"), (16, 16, 16))
+        torch.manual_seed(0)
+        self.student = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+        self.teacher = make_teacher(self.student)
+
+    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
+        return ("teacher",)
+
+    def forward(self, batch):
+        return self.student(batch["x"]).pow(2).mean()
+
+
+def test_teacher_is_a_frozen_eval_copy() -> None:
+    method = _WithTeacher()
+    assert not method.teacher.training
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    for (_, s), (_, t) in zip(method.student.state_dict().items(), method.teacher.state_dict().items()):
+        torch.testing.assert_close(s, t)
+    assert all(n.startswith("teacher.") for n in ddp_ignored_names(method))
+    assert "teacher.1.running_mean" in ddp_ignored_names(method) and "teacher.0.weight" in ddp_ignored_names(method)
+    assert not any(n.startswith("student") for n in ddp_ignored_names(method))
+
+
+def test_ema_step_is_exact_and_the_teacher_gets_no_gradient() -> None:
+    method = _WithTeacher()
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    old = {k: v.clone() for k, v in method.teacher.named_parameters()}
+    old_buffers = {k: v.clone() for k, v in method.teacher.named_buffers()}
+    loss = method({"x": torch.randn(8, 4)})
+    loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    opt.step()
+    m = 0.9
+    ema_update_(method.teacher, method.student, m)
+    for name, p in method.teacher.named_parameters():
+        expected = m * old[name] + (1 - m) * dict(method.student.named_parameters())[name].detach()
+        torch.testing.assert_close(p, expected, rtol=0, atol=1e-7)
+    assert not torch.equal(method.teacher[0].weight, old["0.weight"])  # the student moved, so did the teacher
+    for name, b in method.teacher.named_buffers():  # buffers are not averaged
+        torch.testing.assert_close(b, old_buffers[name])
+
+
+def test_ema_rejects_foreign_students() -> None:
+    with pytest.raises(KeyError, match="no parameter"):
+        ema_update_(make_teacher(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2)), 0.9)
+
+
+def test_cosine_momentum_endpoints() -> None:
+    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert cosine_momentum(99, 100, 0.996) == pytest.approx(1.0)
+    assert cosine_momentum(500, 100, 0.99, 0.999) == pytest.approx(0.999)
+    mid = cosine_momentum(50, 101, 0.9)
+    assert mid == pytest.approx(0.95)
+    assert cosine_momentum(0, 1, 0.99) == 0.99
+
+
+def _ddp_ignore_worker(ctx: DistContext, out: Path) -> None:
+    init_process_group(ctx, "cpu")
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+
+        method = _WithTeacher()
+        with torch.no_grad():  # ranks disagree about the teacher: DDP must not broadcast it
+            for p in method.teacher.parameters():
+                p.fill_(float(ctx.rank + 1))
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, ddp_ignored_names(method))
+        model = DistributedDataParallel(method)
+        model({"x": torch.randn(4, 4)}).backward()
+        torch.save({k: v for k, v in method.state_dict().items()}, out / f"rank{ctx.rank}.pt")
+    finally:
+        destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_ddp_leaves_the_teacher_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    spawn(_ddp_ignore_worker, 2, (tmp_path,))
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert float(states[0]["teacher.0.weight"].mean()) == 1.0
+    assert float(states[1]["teacher.0.weight"].mean()) == 2.0
+
+
+def test_projection_head_layout_init_and_norms() -> None:
+    head = ProjectionHead(10, 16, 8, num_layers=3, norm="batch_no_stats", act="silu")
+    kinds = [type(m).__name__ for m in head.layers]
+    assert kinds == ["Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d"]
+    assert all(not m.track_running_stats and not m.affine for m in head.layers if isinstance(m, nn.BatchNorm1d))
+    linears = [m for m in head.layers if isinstance(m, nn.Linear)]
+    assert all(float(m.bias.abs().max()) == 0 for m in linears)
+    assert all(float(m.weight.abs().max()) <= 0.04 for m in linears)
+    assert 0.01 < float(linears[1].weight.std()) < 0.02  # truncated at 2 std: std ~0.0176
+    no_last = ProjectionHead(10, 16, 8, num_layers=2, norm="feature", act="relu", last_norm=False)
+    assert [type(m).__name__ for m in no_last.layers] == ["Linear", "FeatureNorm", "ReLU", "Linear"]
+    x = torch.randn(5, 7, 10)
+    assert no_last(x).shape == (5, 7, 8)
+    head.eval()  # batch statistics also in eval mode
+    y = torch.randn(6, 10)
+    assert head(y).mean(0).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="normalisation"):
+        ProjectionHead(4, 4, 4, norm="layer")
+
+
+def test_feature_norm_matches_instance_norm_on_rows() -> None:
+    x = torch.randn(4, 32) * 3 + 1
+    expected = nn.InstanceNorm1d(4)(x.unsqueeze(0)).squeeze(0)  # (1, N, C): each row normalised over C
+    torch.testing.assert_close(FeatureNorm()(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_predictor_head() -> None:
+    head = PredictorHead(8, 4, 8)
+    assert [type(m).__name__ for m in head.layers] == ["Linear", "BatchNorm1d", "SiLU", "Linear"]
+    assert head(torch.randn(3, 8)).shape == (3, 8)
+
+
+@pytest.mark.parametrize("arch,dim", [("ResEncTiny", 8 + 16 + 32 + 64), ("PrimusTiny", 72)])
+def test_encoder_features(arch: str, dim: int) -> None:
+    spec = ARCHITECTURES.get(arch)
+    net = build_network(arch, 1, 1, (32, 32, 32))
+    x = torch.randn(2, 1, 32, 32, 32)
+    feats = encoder_features(net, spec, x)
+    assert feats.pooled.shape == (2, dim) == (2, pooled_dim(spec, net))
+    assert feats.grid == (4, 4, 4)
+    if arch == "ResEncTiny":
+        assert feats.tokens is None and len(feats.stages) == 4
+        torch.testing.assert_close(feats.pooled[:, :8], net.encoder(x)[0].mean(dim=(2, 3, 4)))
+    else:
+        assert feats.stages is None and feats.tokens.shape == (2, 64, 72)
+        torch.testing.assert_close(feats.pooled, feats.tokens.mean(1))
+    # the features depend on the encoder weights that are saved downstream
+    feats.pooled.sum().backward()
+    key = "encoder.stem.convs.0.conv.weight" if arch == "ResEncTiny" else "down_projection.proj.weight"
+    assert dict(net.named_parameters())[key].grad.abs().sum() > 0
+    assert math.isfinite(float(feats.pooled.sum()))
+
+
+def test_resenc_l_pooled_dim_is_1120() -> None:
+    net = build_network("ResEncL", 1, 1, (64, 64, 64))
+    assert pooled_dim(ARCHITECTURES.get("ResEncL"), net) == 1120
