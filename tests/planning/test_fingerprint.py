@@ -77,7 +77,7 @@ def test_fingerprint_records_headers_and_excludes_the_corrupt_file(tmp_path: Pat
         "dtype": "int16",
         "orientation": "RAS",
         "modality": "T1w",
-        "reader": "SimpleITK",
+        "reader": "nibabel",
     }
     assert [img["modality"] for img in fp["images"]] == ["T1w", "T2w", "CT"]
 
