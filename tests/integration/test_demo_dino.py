@@ -17,18 +17,7 @@ from nnssl.cli.train import main as train
     "preset",
     [
         "DemoDINO_PrimusTiny",
-        pytest.param(
-            "DemoDINO_ResEncTiny",
-            marks=[
-                pytest.mark.slow,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="Known issue (documentation/dino.md): on ResEncTiny the multi-stage GAP 'CLS' of "
-                    "instance-normalised stages barely differs between samples; within 16 steps the teacher "
-                    "entropy drifts to ~0.996 (ln K plateau). Finite loss and a loadable encoder are fine.",
-                ),
-            ],
-        ),
+        pytest.param("DemoDINO_ResEncTiny", marks=pytest.mark.slow),
     ],
 )
 def test_short_dino_run_on_demo_data_does_not_collapse(demo_raw_dataset, nnssl_env, preset) -> None:
@@ -40,8 +29,6 @@ def test_short_dino_run_on_demo_data_does_not_collapse(demo_raw_dataset, nnssl_e
         "data.num_workers": 0,
         "method.teacher_temp_warmup_epochs": 2,
     }
-    if preset == "DemoDINO_ResEncTiny":
-        overrides["method.teacher_temp_end"] = 0.04
     args = ["1", "onemmiso", "-tr", preset, "-device", "cpu"]
     for key, value in overrides.items():
         args += ["--set", f"{key}={value}"]
@@ -58,6 +45,10 @@ def test_short_dino_run_on_demo_data_does_not_collapse(demo_raw_dataset, nnssl_e
     # The loss itself stays near ln K in so short a run, so the targets' entropy is the criterion.
     assert 0.05 < last["train/teacher_entropy"] < 0.98, last
     assert last["train/effective_rank"] > 1.0, last
+    if preset == "DemoDINO_ResEncTiny":
+        # Before the CLS standardisation (documentation/dino.md) the entropy rose 0.73 -> 0.996 in these 16 steps.
+        assert last["train/teacher_entropy"] < 0.95, last
+        assert max(r["train/teacher_entropy"] for r in epochs) < 0.95, epochs
     assert math.isfinite(last["train/koleo"])
     if preset == "DemoDINO_PrimusTiny":
         assert math.isfinite(last["train/ibot"])

@@ -1,4 +1,5 @@
-"""DINO method pieces: head, multi-crop views, local-grid positional encodings, mask alignment, EMA, one step."""
+"""DINO method pieces: head, CLS standardisation, multi-crop views, local-grid positional encodings, mask alignment,
+EMA, one step."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from nnssl.architectures import ARCHITECTURES
 from nnssl.architectures.primus import flatten_tokens
 from nnssl.methods.dino import DINO, DINOConfig, eva_forward_grid, random_token_mask, resampled_pos_embed, rope_table
-from nnssl.methods.dino_head import DINOHead
+from nnssl.methods.dino_head import DINOHead, RunningStandardization
 from nnssl.methods.teacher import cosine_momentum
 from nnssl.transforms.multicrop import MultiCropTransform, crop_size_for_volume_fraction
 
@@ -138,3 +139,71 @@ def test_one_step_is_finite_and_logs_the_collapse_monitors(arch: str) -> None:
 def test_ibot_on_resenc_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="method.ibot=false"):
         make("ResEncTiny", ibot=True)
+
+
+def test_running_standardization_first_update_exact_then_momentum_and_refusals() -> None:
+    torch.manual_seed(0)
+    norm = RunningStandardization(3, momentum=0.9)
+    x = torch.tensor([[1.0, 10.0, -5.0], [3.0, 10.5, -5.0], [5.0, 11.0, -5.0]])
+    assert torch.allclose(norm(x), x)  # identity (up to eps) before any update
+    assert norm.update(x)
+    assert torch.allclose(norm.mean, torch.tensor([3.0, 10.5, -5.0]))
+    assert torch.allclose(norm.var, torch.tensor([4.0, 0.25, 0.0]))  # unbiased variance of the first batch
+    y = norm(x)
+    assert torch.allclose(y[:, :2], torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), atol=1e-5)
+    assert torch.equal(y[:, 2], torch.zeros(3))  # a constant dimension stays finite (eps), not amplified noise
+    # Later updates use momentum 0.9 (cumulative average while n / (n + 1) < 0.9).
+    assert norm.update(x + 10.0)
+    assert torch.allclose(norm.mean, torch.tensor([8.0, 15.5, 0.0]))  # n = 1: momentum 1/2
+    assert not norm.update(torch.tensor([[float("nan"), 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    assert not norm.update(torch.ones(1, 3))
+    assert int(norm.num_updates) == 2
+
+
+def test_small_between_sample_spread_reaches_the_head_after_standardisation() -> None:
+    """The ResEnc failure mode: GAP vectors that differ by ~4 % between samples give near-identical head outputs."""
+    torch.manual_seed(0)
+    mean = 0.35 + 0.05 * torch.randn(120)
+    pooled = mean + 0.015 * torch.randn(8, 120)  # per-dimension spread measured on the demo data
+    head = DINOHead(120, 128, 64, 32)
+    norm = RunningStandardization(120)
+    norm.update(pooled)
+
+    def mean_offdiag_cosine(z: torch.Tensor) -> float:
+        sim = z @ z.t()
+        return float((sim.sum() - sim.diagonal().sum()) / (z.shape[0] * (z.shape[0] - 1)))
+
+    with torch.no_grad():
+        raw, standardized = head.bottleneck(pooled), head.bottleneck(norm(pooled))
+    assert mean_offdiag_cosine(raw) > 0.99
+    assert mean_offdiag_cosine(standardized) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("arch", "setting", "expected"),
+    [
+        ("ResEncTiny", "auto", True),
+        ("PrimusTiny", "auto", False),
+        ("PrimusTiny", "running", True),
+        ("ResEncTiny", "none", False),
+    ],
+)
+def test_cls_standardization_default_per_backbone_and_update_in_training_only(arch, setting, expected) -> None:
+    method = make(arch, cls_standardization=setting)
+    assert isinstance(method.cls_norm, RunningStandardization) == expected
+    if not expected:
+        return
+    method.configure_schedule(steps_per_epoch=4, total_steps=40)
+    method.eval()
+    with torch.no_grad():
+        method(batch_for(method))
+    assert int(method.cls_norm.num_updates) == 0
+    method.train()
+    method(batch_for(method))
+    assert int(method.cls_norm.num_updates) == 1
+    assert "cls_norm.mean" in method.state_dict()
+
+
+def test_unknown_cls_standardization_is_refused() -> None:
+    with pytest.raises(ValueError, match="method.cls_standardization"):
+        make("ResEncTiny", cls_standardization="batch")

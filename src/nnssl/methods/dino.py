@@ -13,7 +13,14 @@ Total loss ``L = L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo`` with
 * "CLS" (the input of the DINO head and of KoLeo): Primus: the MEAN over the Eva output tokens (dna's Primus has
   no CLS token, and the downstream network has none either, so no CLS weights would survive pre-training);
   ResEnc: the global average pool of every encoder stage, concatenated (1120-d for ResEnc-L;
-  :func:`nnssl.methods.features.encoder_features`);
+  :func:`nnssl.methods.features.encoder_features`). KoLeo and the effective rank use this raw CLS; the DINO
+  head gets it through ``cls_norm``: with ``cls_standardization="auto"`` (default) a
+  :class:`nnssl.methods.dino_head.RunningStandardization` on ResEnc (per-dimension running mean/variance of the
+  teacher's global-view CLS, updated after the loss in training, momentum ``cls_standardization_momentum``, shared
+  by student and teacher) and the identity on Primus. Every ResEnc stage ends in InstanceNorm + residual add +
+  LeakyReLU, so its GAP is nearly the same for every input (between-sample spread ~4 % of the vector on the
+  demo data); unstandardised, the head maps all samples to the same code, centring removes it and the
+  targets go uniform (documentation/dino.md, "Why ResEnc collapsed");
 * iBOT (Primus only): per global view, with probability ``ibot_sample_probability`` an image gets a ratio
   ``r ~ U(ibot_mask_ratio)`` and ``floor(r N)`` (>= 1) uniformly chosen tokens masked: the learned
   ``mask_token`` replaces them in patch-grid coordinates right after the patch embedding, before the positional
@@ -59,7 +66,7 @@ from nnssl.losses.dino import (
     teacher_entropy_ratio,
 )
 from nnssl.methods.base import SSLMethod, StepOutput, Transform
-from nnssl.methods.dino_head import LAST_LAYER_NAME, DINOHead
+from nnssl.methods.dino_head import LAST_LAYER_NAME, DINOHead, RunningStandardization
 from nnssl.methods.features import encoder_features, is_token_backbone, pooled_dim
 from nnssl.methods.registry import METHODS
 from nnssl.methods.teacher import cosine_momentum, ema_update_, make_teacher
@@ -96,6 +103,8 @@ class DINOConfig:
     momentum_start: float = 0.992
     freeze_last_layer_epochs: int = 5
     intensity_augmentation: bool = True
+    cls_standardization: str = "auto"
+    cls_standardization_momentum: float = 0.9
 
 
 def resampled_pos_embed(pos_embed: torch.Tensor, build_grid: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
@@ -212,6 +221,16 @@ class DINO(SSLMethod):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, feature_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.student = student
+        standardize = cfg.cls_standardization
+        if standardize not in ("auto", "running", "none"):
+            raise ValueError(
+                f"method.cls_standardization must be 'auto', 'running' or 'none', got '{standardize}' "
+                "('auto' = running standardisation on ResEnc, none on Primus)."
+            )
+        if standardize == "running" or (standardize == "auto" and not self.token_backbone):
+            self.cls_norm: nn.Module = RunningStandardization(feature_dim, cfg.cls_standardization_momentum)
+        else:
+            self.cls_norm = nn.Identity()
         self.teacher = make_teacher(student)
         self.dino_targets = CenteredTargets(
             cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
@@ -332,7 +351,7 @@ class DINO(SSLMethod):
 
         with torch.no_grad():
             t_cls, t_tokens = self._features(self.teacher, globals_flat)
-            t_logits = self.teacher["dino_head"](t_cls).float()
+            t_logits = self.teacher["dino_head"](self.cls_norm(t_cls)).float()
             t_probs = self.dino_targets.targets(t_logits, temp)
 
         mask = None
@@ -346,7 +365,7 @@ class DINO(SSLMethod):
             locals_flat = locals_.transpose(0, 1).reshape(n_local * b, *locals_.shape[2:])
             s_cls.append(self._features(self.student, locals_flat)[0])
         s_cls_all = torch.cat(s_cls, dim=0)
-        s_logits = self.student["dino_head"](s_cls_all).float()
+        s_logits = self.student["dino_head"](self.cls_norm(s_cls_all)).float()
 
         dino, _ = dino_cross_view_loss(list(s_logits.split(b)), list(t_probs.split(b)), cfg.student_temp)
         loss = dino
@@ -380,6 +399,8 @@ class DINO(SSLMethod):
                 metrics["ibot_teacher_entropy"] = teacher_entropy_ratio(ibot_probs)
 
         if self.training:
+            if isinstance(self.cls_norm, RunningStandardization):
+                self.cls_norm.update(t_cls)
             self.dino_targets.update(t_logits)
             if ibot_logits_t is not None:
                 self.ibot_targets.update(ibot_logits_t)
