@@ -166,6 +166,11 @@ def eva_forward_tokens(eva: Eva, tokens: torch.Tensor, keep_indices: torch.Tenso
         x = x.gather(1, keep_indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         if rope is not None:
             rope = apply_keep_indices_nlc(x, rope, keep_indices).unsqueeze(1)
+    return run_eva_blocks(eva, x, rope)
+
+
+def run_eva_blocks(eva: nn.Module, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+    """Eva's blocks (with gradient checkpointing when enabled) and final norm on tokens ``x`` with ``rope``."""
     for block in eva.blocks:
         if eva.grad_checkpointing and torch.is_grad_enabled():
             x = checkpoint(block, x, rope=rope, use_reentrant=False)

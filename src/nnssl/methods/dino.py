@@ -52,10 +52,9 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.eva import Eva
 from timm.layers.pos_embed_sincos import build_rotary_pos_embed
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from nnssl.architectures import check_patch_size
-from nnssl.architectures.primus import flatten_tokens, unflatten_tokens
+from nnssl.architectures.primus import flatten_tokens, run_eva_blocks, unflatten_tokens
 from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.losses.dino import (
     CenteredTargets,
@@ -153,12 +152,7 @@ def eva_forward_grid(eva: Eva, tokens: torch.Tensor, grid: Sequence[int], build_
         x = x + resampled_pos_embed(eva.pos_embed, build_grid, grid).to(x.dtype)
     x = eva.pos_drop(x)
     rope = rope_table(eva, grid)
-    for block in eva.blocks:
-        if eva.grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, rope=rope, use_reentrant=False)
-        else:
-            x = block(x, rope=rope)
-    return eva.norm(x)
+    return run_eva_blocks(eva, x, rope)
 
 
 def random_token_mask(
