@@ -125,6 +125,44 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return to_jsonable(cfg)
 
 
+#: Optimiser settings of upstream's Eva (Primus) family, shared by every Primus-M preset.
+_EVA_OPTIM: dict[str, Any] = {
+    "optim.name": "adamw",
+    "optim.lr": 3e-4,
+    "optim.weight_decay": 5e-2,
+    "optim.betas": (0.9, 0.98),
+    "optim.schedule": "warmup_poly",
+    "optim.warmup_epochs": 50,
+    "train.grad_clip": 1.0,
+}
+#: What the tiny Primus demo presets change on top of their family's Eva settings.
+_PRIMUS_DEMO: dict[str, Any] = {"optim.lr": 1e-3, "optim.warmup_epochs": 1}
+
+
+def _add_demo_pair(
+    label: str, cnn_base: str, eva_base: str, overrides: dict[str, Any], cnn_text: str, eva_text: str
+) -> None:
+    """``Demo<label>_ResEncTiny`` on ``cnn_base`` and ``Demo<label>_PrimusTiny`` on ``eva_base``: CPU-sized runs."""
+    add_preset(
+        Preset(
+            f"Demo{label}_ResEncTiny",
+            base=cnn_base,
+            architecture="ResEncTiny",
+            overrides=dict(overrides),
+            description=f"CPU demo: {cnn_text}",
+        )
+    )
+    add_preset(
+        Preset(
+            f"Demo{label}_PrimusTiny",
+            base=eva_base,
+            architecture="PrimusTiny",
+            overrides={**overrides, **_PRIMUS_DEMO},
+            description=f"CPU demo: {eva_text}",
+        )
+    )
+
+
 def _register_defaults() -> None:
     cnn = {
         "optim.name": "sgd",
@@ -156,15 +194,7 @@ def _register_defaults() -> None:
             "BaseEvaMAETrainer",
             base="BaseMAETrainer",
             architecture="PrimusM",
-            overrides={
-                "optim.name": "adamw",
-                "optim.lr": 3e-4,
-                "optim.weight_decay": 5e-2,
-                "optim.betas": (0.9, 0.98),
-                "optim.schedule": "warmup_poly",
-                "optim.warmup_epochs": 50,
-                "train.grad_clip": 1.0,
-            },
+            overrides=dict(_EVA_OPTIM),
             description="MAE on Primus-M, upstream Eva defaults (AdamW 3e-4, 50 warm-up epochs, clip 1).",
         )
     )
@@ -199,23 +229,13 @@ def _register_defaults() -> None:
         "data.num_workers": 1,
         "data.num_val_subjects_min": 1,
     }
-    add_preset(
-        Preset(
-            "DemoMAE_ResEncTiny",
-            base="BaseMAETrainer",
-            architecture="ResEncTiny",
-            overrides=demo,
-            description="CPU demo: MAE on a tiny ResEnc, 48^3 patches, 12 epochs x 20 iterations.",
-        )
-    )
-    add_preset(
-        Preset(
-            "DemoMAE_PrimusTiny",
-            base="BaseEvaMAETrainer",
-            architecture="PrimusTiny",
-            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
-            description="CPU demo: MAE on a tiny Primus, 48^3 patches, 12 epochs x 20 iterations, 1 warm-up epoch.",
-        )
+    _add_demo_pair(
+        "MAE",
+        "BaseMAETrainer",
+        "BaseEvaMAETrainer",
+        demo,
+        "MAE on a tiny ResEnc, 48^3 patches, 12 epochs x 20 iterations.",
+        "MAE on a tiny Primus, 48^3 patches, 12 epochs x 20 iterations, 1 warm-up epoch.",
     )
     _register_aligned_mae()
     _register_dino()
@@ -311,23 +331,13 @@ def _register_aligned_mae() -> None:
         "data.num_workers": 1,
         "data.num_val_subjects_min": 1,
     }
-    add_preset(
-        Preset(
-            "DemoAlignedMAE_ResEncTiny",
-            base="AlignedMAEFTTrainer",
-            architecture="ResEncTiny",
-            overrides=demo,
-            description="CPU demo: AlignedMAE on a tiny ResEnc, 32^3 crops from 52^3 patches, 12 x 20 iterations.",
-        )
-    )
-    add_preset(
-        Preset(
-            "DemoAlignedMAE_PrimusTiny",
-            base="AlignedMAEFTLR3EvaTrainer",
-            architecture="PrimusTiny",
-            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
-            description="CPU demo: AlignedMAE on a tiny Primus, 32^3 crops from 52^3 patches, 1 warm-up epoch.",
-        )
+    _add_demo_pair(
+        "AlignedMAE",
+        "AlignedMAEFTTrainer",
+        "AlignedMAEFTLR3EvaTrainer",
+        demo,
+        "AlignedMAE on a tiny ResEnc, 32^3 crops from 52^3 patches, 12 x 20 iterations.",
+        "AlignedMAE on a tiny Primus, 32^3 crops from 52^3 patches, 1 warm-up epoch.",
     )
 
 
@@ -462,16 +472,6 @@ def _register_dino() -> None:
     )
 
 
-#: Optimiser settings of upstream's Eva (Primus) family, reused by the contrastive Primus presets.
-_EVA_OPTIM: dict[str, Any] = {
-    "optim.name": "adamw",
-    "optim.lr": 3e-4,
-    "optim.weight_decay": 5e-2,
-    "optim.betas": (0.9, 0.98),
-    "optim.schedule": "warmup_poly",
-    "optim.warmup_epochs": 50,
-    "train.grad_clip": 1.0,
-}
 #: Contrastive views come from a plain crop of the volume (upstream's plain loader); mirroring and rot90 are
 #: applied per view by the method's transform.
 _NO_PATCH_AUGMENTATION: dict[str, Any] = {"data.rotation_p": 0.0, "data.scale_p": 0.0, "data.mirror_axes": ()}
@@ -522,23 +522,13 @@ def _register_simclr() -> None:
         )
     )
     demo = {**_CONTRASTIVE_DEMO, "train.patch_size": (48, 48, 48), "method.crop_size": (24, 24, 24)}
-    add_preset(
-        Preset(
-            "DemoSimCLR_ResEncTiny",
-            base="SimCLRTrainer",
-            architecture="ResEncTiny",
-            overrides={**demo, "train.grad_clip": 1.0},
-            description="CPU demo: SimCLR on a tiny ResEnc, 24^3 crops from 48^3 patches, 8 epochs x 10 iterations.",
-        )
-    )
-    add_preset(
-        Preset(
-            "DemoSimCLR_PrimusTiny",
-            base="SimCLREvaTrainer",
-            architecture="PrimusTiny",
-            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
-            description="CPU demo: SimCLR on a tiny Primus, 24^3 crops from 48^3 patches, 1 warm-up epoch.",
-        )
+    _add_demo_pair(
+        "SimCLR",
+        "SimCLRTrainer",
+        "SimCLREvaTrainer",
+        {**demo, "train.grad_clip": 1.0},
+        "SimCLR on a tiny ResEnc, 24^3 crops from 48^3 patches, 8 epochs x 10 iterations.",
+        "SimCLR on a tiny Primus, 24^3 crops from 48^3 patches, 1 warm-up epoch.",
     )
 
 
@@ -574,23 +564,13 @@ def _register_voco() -> None:
     # loss barely falls (documentation/contrastive.md, VoCo).
     demo = {**_CONTRASTIVE_DEMO, "train.patch_size": (64, 64, 16), "method.crop_size": (16, 16, 16)}
     demo["method.num_targets"] = 4
-    add_preset(
-        Preset(
-            "DemoVoCo_ResEncTiny",
-            base="VoCoTrainer",
-            architecture="ResEncTiny",
-            overrides=demo,
-            description="CPU demo: VoCo on a tiny ResEnc, 4x4x1 base crops of 16^3 + 4 targets, 8 x 10 iterations.",
-        )
-    )
-    add_preset(
-        Preset(
-            "DemoVoCo_PrimusTiny",
-            base="VoCoEvaTrainer",
-            architecture="PrimusTiny",
-            overrides={**demo, "optim.lr": 1e-3, "optim.warmup_epochs": 1},
-            description="CPU demo: VoCo on a tiny Primus, 4x4x1 base crops of 16^3 + 4 targets, 1 warm-up epoch.",
-        )
+    _add_demo_pair(
+        "VoCo",
+        "VoCoTrainer",
+        "VoCoEvaTrainer",
+        demo,
+        "VoCo on a tiny ResEnc, 4x4x1 base crops of 16^3 + 4 targets, 8 x 10 iterations.",
+        "VoCo on a tiny Primus, 4x4x1 base crops of 16^3 + 4 targets, 1 warm-up epoch.",
     )
 
 
