@@ -20,7 +20,6 @@ had ``"spacings"``; the planner needs nothing else, so upstream fingerprints sti
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from nnssl.data.collection import Collection, IndependentImage
 from nnssl.imageio import read_header
+from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
 from nnssl.serialization import load_json, save_json
 
@@ -68,14 +68,12 @@ def _header_record(task: tuple[int, str, str, str]) -> tuple[int, dict[str, Any]
     return index, record, None
 
 
+def _header_crash(task: tuple[int, str, str, str], reason: str) -> tuple[int, None, str]:
+    return task[0], None, reason
+
+
 def _run(tasks: list[tuple[int, str, str, str]], num_processes: int) -> Iterator[tuple[int, Any, Any]]:
-    if num_processes <= 1 or len(tasks) <= 1:
-        yield from map(_header_record, tasks)
-        return
-    workers = min(num_processes, len(tasks))
-    chunksize = max(1, min(64, len(tasks) // (workers * 8)))
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap_unordered(_header_record, tasks, chunksize=chunksize)
+    return map_unordered(_header_record, tasks, num_processes, _header_crash)
 
 
 def extract_fingerprint(

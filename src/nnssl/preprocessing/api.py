@@ -25,7 +25,6 @@ the merged files.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from nnssl.data.case_store import case_is_complete, data_path, mask_path, write_case
 from nnssl.data.collection import Collection, IndependentImage
+from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
 from nnssl.serialization import TEMP_MARKER, load_json, save_json
 
@@ -149,20 +149,18 @@ def _preprocess_one(task: tuple[dict[str, Any], str, dict[str, Any], dict[str, A
                 "reason": reason}  # fmt: skip
 
 
+def _crashed_case(task: tuple[dict[str, Any], str, dict[str, Any], dict[str, Any]], reason: str) -> dict[str, str]:
+    image = IndependentImage.from_dict(task[0])
+    return {"unique_id": image.unique_id, "status": "failed", "image_path": image.image_path, "path": image.image_path,
+            "reason": reason}  # fmt: skip
+
+
 def _run_tasks(tasks: list[tuple], num_processes: int, progress: bool, desc: str) -> Iterable[dict[str, str]]:
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, smoothing=0.1)
     try:
-        if num_processes <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                result = _preprocess_one(task)
-                bar.update()
-                yield result
-            return
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(num_processes, len(tasks))) as pool:
-            for result in pool.imap_unordered(_preprocess_one, tasks, chunksize=1):
-                bar.update()
-                yield result
+        for result in map_unordered(_preprocess_one, tasks, num_processes, _crashed_case):
+            bar.update()
+            yield result
     finally:
         bar.close()
 
