@@ -161,7 +161,7 @@ def build_train_loader(
         augment=True,
         unique_ids=ids,
         open_fn=open_fn,
-        data_order=cfg.data.interpolation_order if data_order is None else data_order,
+        data_order=data_order,
     )
     dataset = _SampleDataset(sampler, cfg.train.seed, transform, cyclic_cases=False)
     batches = _EpochBatches(rank, per_rank_batch_size(cfg.train.batch_size, rank, world_size), None)
