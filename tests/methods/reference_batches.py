@@ -6,8 +6,10 @@ seeded torch generator (no loader, no transforms: the numbers depend on the meth
 training-mode loss (torch seeded again right before the forward, so masks are fixed too).
 
 ``tests/methods/reference_losses.json`` holds the values recorded on main at 1d5829a, before the methods were
-rewritten on the backbone interface (issue 7); ``test_method_equivalence.py`` checks the current code against
-them. Regenerate only for an intended change of a method's loss, and say why in the commit:
+rewritten on the backbone interface (issue 7), with one deliberate difference: the Primus MAE/AlignedMAE token
+draw was patched to the unified mask convention (the ``floor(r N)`` units with the lowest noise are masked; the old
+draw *kept* the ``n_keep`` lowest), which has the same distribution. ``test_method_equivalence.py`` checks the
+current code against them. Regenerate only for an intended change of a method's loss, and say why in the commit:
 ``python tests/methods/reference_batches.py > tests/methods/reference_losses.json``.
 """
 
