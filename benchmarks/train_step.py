@@ -114,7 +114,7 @@ def bench_step(
     method = MAE(MAEConfig(), ARCHITECTURES.get(arch), (patch,) * 3).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last_3d)
-    if ARCHITECTURES.get(arch).token_masking:
+    if ARCHITECTURES.get(arch).family == "transformer":
         optim = torch.optim.AdamW(method.parameters(), lr=3e-4, weight_decay=5e-2, betas=(0.9, 0.98))
     else:
         optim = torch.optim.SGD(method.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)

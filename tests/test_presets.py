@@ -8,7 +8,7 @@ import pytest
 
 from nnssl.config import RunConfig
 from nnssl.overrides import ConfigError, apply_overrides, coerce_value, parse_override
-from nnssl.presets import PRESETS, resolve_config
+from nnssl.presets import PRESETS, Preset, resolve_config
 
 
 @dataclasses.dataclass
@@ -56,6 +56,18 @@ def test_every_preset_names_registered_method_and_architecture() -> None:
         assert cfg.method in METHODS, name
         assert cfg.architecture in ARCHITECTURES, name
         assert isinstance(cfg.method_cfg, METHODS.get(cfg.method).config_cls)
+
+
+def test_preset_bases_are_checked_after_registration() -> None:
+    from nnssl.presets import check_preset_bases
+
+    check_preset_bases()  # the builtin presets are consistent
+    PRESETS.add("_OrphanForTest", Preset("_OrphanForTest", base="NoSuchPreset"))
+    try:
+        with pytest.raises(KeyError, match="'_OrphanForTest' inherits from unknown preset 'NoSuchPreset'"):
+            check_preset_bases()
+    finally:
+        PRESETS._entries.pop("_OrphanForTest")
 
 
 def test_overrides_are_coerced() -> None:

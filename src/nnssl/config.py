@@ -1,7 +1,7 @@
 """Typed run configuration: the engine's, the optimizer's and the data path's settings.
 
 A method's own hyper-parameters live in its ``config_cls`` dataclass, addressed as ``method.<field>``.
-Presets (``presets.py``) and command-line overrides (``--set section.field=value``) change fields by
+Presets (:mod:`nnssl.presets`) and command-line overrides (``--set section.field=value``) change fields by
 dotted key; an unknown key is an error.
 """
 

@@ -13,14 +13,12 @@ from nnssl.architectures import ARCHITECTURES, build_network, summary
 from nnssl.architectures.primus import (
     eva_forward_tokens,
     flatten_tokens,
-    keep_indices_to_token_mask,
     primus_token_grid,
-    random_keep_indices,
     token_grid_positions,
-    token_mask_to_voxel_mask,
     unflatten_tokens,
 )
 from nnssl.architectures.summary import count_flops, count_parameters, format_summary
+from nnssl.transforms.masking import UnitMask, draw_unit_mask
 
 
 def _smallest_patch(name: str) -> tuple[int, int, int]:
@@ -200,10 +198,10 @@ def test_one_hot_patch_lands_on_the_documented_token():
         t1 = captured["tokens"]
     changed = (t1 - t0).abs().sum(-1)[0].nonzero().flatten().tolist()
     assert changed == [w * 3 * 4 + h * 4 + d] == [23]
-    # the voxel mask helper maps that token back to the same cube
+    # the mask utility maps that token back to the same cube
     token_mask = torch.zeros(1, 24, dtype=torch.bool)
     token_mask[0, 23] = True
-    voxel = token_mask_to_voxel_mask(token_mask, (2, 3, 4))
+    voxel = UnitMask(token_mask, (2, 3, 4), 8).voxels()
     assert voxel.shape == (1, 1, *NONCUBIC)
     torch.testing.assert_close(voxel.float(), hot)
 
@@ -248,24 +246,20 @@ def test_eva_forward_tokens_subset_is_per_sample_and_differentiable():
     net = build_network("PrimusTiny", 1, 1, NONCUBIC)
     net.eval()
     tokens = _tokens(net)
-    keep = random_keep_indices(2, 24, 0.25, generator=torch.Generator().manual_seed(0))
+    mask = draw_unit_mask(2, (2, 3, 4), 8, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    keep = mask.keep_indices()
     assert keep.shape == (2, 6) and torch.all(keep[:, 1:] > keep[:, :-1])
     out = eva_forward_tokens(net.eva, tokens, keep)
     assert out.shape == (2, 6, 72)
     for b in range(2):  # batch handling: each sample alone gives the same rows
         torch.testing.assert_close(out[b : b + 1], eva_forward_tokens(net.eva, tokens[b : b + 1], keep[b : b + 1]))
     # dropped tokens do not influence kept ones: changing a dropped token leaves the output unchanged
-    dropped = int((~keep_indices_to_token_mask(keep, 24))[0].nonzero()[0])
+    dropped = int(mask.masked[0].nonzero()[0])
     altered = tokens.clone()
     altered[0, dropped] += 5.0
     torch.testing.assert_close(eva_forward_tokens(net.eva, altered, keep), out)
     out.square().mean().backward()
     assert net.eva.pos_embed.grad.abs().sum() > 0
-
-
-def test_keep_indices_to_token_mask():
-    mask = keep_indices_to_token_mask(torch.tensor([[0, 5], [2, 3]]), 6)
-    assert mask.tolist() == [[True, False, False, False, False, True], [False, False, True, True, False, False]]
 
 
 def test_eva_forward_tokens_rejects_wrong_grid():

@@ -73,7 +73,7 @@ def test_identical_views_with_teacher_equal_student_give_zero_alignment_loss() -
 def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient(arch: str) -> None:
     method = _method(arch, teacher_momentum=0.9).train()
     assert not method.teacher.training
-    before = {k: v.clone() for k, v in method.teacher.named_parameters()}
+    before = {k: v.clone() for k, v in method.teacher.module.named_parameters()}
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
     out = method(_batch())
     assert all(np.isfinite(v) for v in out.metrics.values())
@@ -81,9 +81,9 @@ def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient(arch: str) -> No
     assert all(p.grad is None for p in method.teacher.parameters())
     optimizer.step()
     method.on_step_end(0, 10)
-    student = dict(method._teacher_source().named_parameters())
+    student = dict(method.teacher.student.named_parameters())
     changed = 0
-    for name, param in method.teacher.named_parameters():
+    for name, param in method.teacher.module.named_parameters():
         assert torch.allclose(param, 0.9 * before[name] + 0.1 * student[name], atol=1e-6), name
         changed += int(not torch.equal(param, before[name]))
     assert changed > 0
@@ -113,13 +113,13 @@ def test_pretrained_mae_start_loads_backbone_and_mae_head_and_resets_teacher(tmp
     report = method.pretrained_report
     assert report["backbone_loaded"] == loaded
     if arch == "PrimusTiny":
-        assert "network.mask_token" in report["mae_head_loaded"]
-        assert any(k.startswith("network.decoder.") for k in report["mae_head_loaded"])
-        assert any(k.startswith("feature_decoder.") for k in report["fresh"])
+        assert "net.mask_token" in report["mae_head_loaded"]
+        assert any(k.startswith("net.decoder.") for k in report["mae_head_loaded"])
+        assert any(k.startswith("context.") for k in report["fresh"])
     assert any(k.startswith("projector.") for k in report["fresh"])
-    assert not any(k.startswith("network.") for k in report["fresh"])
-    for name, param in method._teacher_source().state_dict().items():
-        assert torch.equal(method.teacher.state_dict()[name], param), name
+    assert not any(k.startswith("net.") for k in report["fresh"])
+    for name, param in method.teacher.student.state_dict().items():
+        assert torch.equal(method.teacher.module.state_dict()[name], param), name
     text = caplog.text
     assert f"loaded {len(loaded)} of {len(loaded)} tensors" in text and "EMA teacher reset to the student" in text
 

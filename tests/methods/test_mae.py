@@ -12,6 +12,7 @@ from torch import nn
 from nnssl.architectures import ARCHITECTURES, build_network
 from nnssl.methods import METHODS
 from nnssl.methods.mae import MAE, MAEConfig
+from nnssl.transforms.masking import UnitMask
 
 PATCH = (32, 32, 32)
 
@@ -38,7 +39,7 @@ def test_registered() -> None:
 def test_cnn_masks_exactly_floor_r_blocks_per_sample() -> None:
     mae = _mae("ResEncTiny", block_size=8)
     seen = {}
-    mae.network.register_forward_pre_hook(lambda mod, args: seen.setdefault("input", args[0]))
+    mae.net.network.encoder.register_forward_pre_hook(lambda mod, args: seen.setdefault("input", args[0]))
     x = torch.randn(3, 1, *PATCH)
     out = mae({"image": x})
     zero_blocks = (seen["input"] == 0).reshape(3, 4, 8, 4, 8, 4, 8).all(dim=(2, 4, 6))
@@ -58,8 +59,8 @@ def _cnn_loss(mae: MAE, x: torch.Tensor, add: str | None) -> tuple[float, torch.
         region = captured["visible"] if add == "visible" else 1 - captured["visible"]
         return output + 5.0 * region
 
-    h1 = mae.network.register_forward_pre_hook(pre)
-    h2 = mae.network.register_forward_hook(post)
+    h1 = mae.net.network.encoder.register_forward_pre_hook(pre)
+    h2 = mae.net.network.decoder.register_forward_hook(post)
     torch.manual_seed(123)
     loss = mae({"image": x}).loss
     h1.remove()
@@ -78,13 +79,14 @@ def test_cnn_loss_ignores_visible_voxels() -> None:
 
 def _primus_loss(mae: MAE, x: torch.Tensor, add: str | None) -> tuple[float, torch.Tensor]:
     captured = {}
-    real = mae.network.encode
+    real = mae.net.draw_mask
 
-    def encode(inp, keep):
-        captured["keep"] = keep
-        return real(inp, keep)
+    def draw_mask(*args, **kwargs):
+        mask = real(*args, **kwargs)
+        captured["keep"] = mask.keep_indices()
+        return mask
 
-    mae.network.encode = encode
+    mae.net.draw_mask = draw_mask
 
     def post(mod, args, output):
         if add is None:
@@ -92,11 +94,11 @@ def _primus_loss(mae: MAE, x: torch.Tensor, add: str | None) -> tuple[float, tor
         visible = _visible_from_keep(captured["keep"])
         return output + 5.0 * (visible if add == "visible" else 1 - visible)
 
-    handle = mae.network.backbone.up_projection.register_forward_hook(post)
+    handle = mae.net.network.up_projection.register_forward_hook(post)
     torch.manual_seed(321)
     loss = mae({"image": x}).loss
     handle.remove()
-    del mae.network.encode
+    del mae.net.draw_mask
     return float(loss.detach()), captured["keep"]
 
 
@@ -137,10 +139,10 @@ class _CubeFill(nn.Module):
 
 def test_primus_token_order_and_loss_mask_alignment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-made input (cube value = token index in (w h d) order) through an identity encoder/decoder."""
-    import nnssl.methods.primus_mae_network as pmn
+    import nnssl.backbones.transformer as transformer
 
     mae = _mae("PrimusTiny")
-    net = mae.network
+    net = mae.net
     dim = net.mask_token.shape[-1]
     grid = (4, 4, 4)
     x = torch.zeros(1, 1, *PATCH)
@@ -149,24 +151,27 @@ def test_primus_token_order_and_loss_mask_alignment(monkeypatch: pytest.MonkeyPa
         x[0, 0, w * 8 : (w + 1) * 8, h * 8 : (h + 1) * 8, d * 8 : (d + 1) * 8] = float(t)
     seen = {}
 
-    def identity_encoder(eva, tokens, keep):
+    def identity_encoder(eva, tokens, keep, grid=None, build_grid=None):
         seen["tokens"] = tokens
         return tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
-    monkeypatch.setattr(pmn, "eva_forward_tokens", identity_encoder)
-    monkeypatch.setattr(net.backbone, "down_projection", _CubeMean(dim))
-    monkeypatch.setattr(net.backbone, "up_projection", _CubeFill())
+    monkeypatch.setattr(transformer, "eva_forward_tokens", identity_encoder)
+    monkeypatch.setattr(net.network, "down_projection", _CubeMean(dim))
+    monkeypatch.setattr(net.network, "up_projection", _CubeFill())
     monkeypatch.setattr(net, "decoder", _IdentityDecoder())
     with torch.no_grad():
         net.mask_token.fill_(-1.0)
     keep = torch.tensor([[0, 1, 5, 17, 22, 40, 63]])
-    recon = net(x, keep)
+    masked = torch.ones(1, 64, dtype=torch.bool).index_fill_(1, keep[0], False)
+    mask = UnitMask(masked, grid, 8)
+    assert torch.equal(mask.keep_indices(), keep)
+    recon = net.reconstruct(x, mask).prediction
     # the encoder saw token t at sequence position t
     assert seen["tokens"][0, :, 0].tolist() == [float(t) for t in range(64)]
     visible = _visible_from_keep(keep, grid)
     assert torch.equal(recon[visible == 1], x[visible == 1])  # kept tokens come back in place
     assert torch.all(recon[visible == 0] == -1)  # dropped tokens hold the mask token
-    assert torch.equal(net.masked_voxels(keep), 1 - visible)  # loss mask = voxels of the dropped tokens
+    assert torch.equal(mask.voxels(), 1 - visible)  # loss mask = voxels of the dropped tokens
 
 
 def test_primus_flattening_matches_downstream_dna_primus() -> None:
@@ -190,7 +195,7 @@ def test_primus_flattening_matches_downstream_dna_primus() -> None:
 def pmn_flatten(mae: MAE, x: torch.Tensor) -> torch.Tensor:
     from nnssl.architectures.primus import flatten_tokens
 
-    return flatten_tokens(mae.network.backbone.down_projection(x))
+    return flatten_tokens(mae.net.network.down_projection(x))
 
 
 @pytest.mark.parametrize("arch", ["ResEncTiny", "PrimusTiny"])
@@ -199,12 +204,12 @@ def test_backbone_keys_load_strictly_into_downstream_network(arch: str) -> None:
     downstream = build_network(arch, 1, 1, PATCH)
     downstream.load_state_dict(mae.backbone().state_dict(), strict=True)
     assert set(mae.backbone().state_dict()) == set(downstream.state_dict())
-    prefix = "network.backbone." if arch == "PrimusTiny" else "network."
-    extra = {k.removeprefix("network.") for k in set(mae.state_dict()) - {prefix + k for k in downstream.state_dict()}}
+    prefix = "net.network."
+    extra = {k.removeprefix("net.") for k in set(mae.state_dict()) - {prefix + k for k in downstream.state_dict()}}
     if arch == "PrimusTiny":
         # the MAE-only parts live beside the backbone, inside the method's state
         assert "mask_token" in extra and any(k.startswith("decoder.blocks.1") for k in extra)
-        assert not any(k.startswith("backbone.") for k in extra)
+        assert not any(k.startswith("network.") for k in extra)
     else:
         assert extra == set()
 
@@ -212,11 +217,11 @@ def test_backbone_keys_load_strictly_into_downstream_network(arch: str) -> None:
 def test_primus_backward_reaches_encoder_decoder_and_mask_token() -> None:
     mae = _mae("PrimusTiny")
     mae({"image": torch.randn(2, 1, *PATCH)}).loss.backward()
-    net = mae.network
+    net = mae.net
     assert net.mask_token.grad is not None and net.mask_token.grad.abs().sum() > 0
-    assert net.backbone.eva.pos_embed.grad.abs().sum() > 0
+    assert net.network.eva.pos_embed.grad.abs().sum() > 0
     assert net.decoder.blocks[0].attn.q_proj.weight.grad.abs().sum() > 0
-    assert net.backbone.down_projection.proj.weight.grad.abs().sum() > 0
+    assert net.network.down_projection.proj.weight.grad.abs().sum() > 0
 
 
 def test_anonymized_voxels_can_be_excluded() -> None:

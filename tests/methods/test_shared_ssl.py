@@ -1,21 +1,19 @@
-"""Shared pieces of the contrastive/teacher-student methods: EMA teacher, DDP ignore list, heads, features."""
+"""Shared pieces of the contrastive/teacher-student methods: the EMA teacher component, DDP ignore list, heads."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from nnssl.architectures import ARCHITECTURES, build_network
+from nnssl.architectures import ARCHITECTURES
 from nnssl.engine.distributed import DistContext, destroy_process_group, init_process_group, spawn
 from nnssl.engine.trainer import ddp_ignored_names
 from nnssl.methods.base import SSLMethod
-from nnssl.methods.features import encoder_features, pooled_dim
 from nnssl.methods.heads import FeatureNorm, PredictorHead, ProjectionHead
-from nnssl.methods.teacher import cosine_momentum, ema_update_, make_teacher
+from nnssl.methods.teacher import EMATeacher, cosine_momentum, ema_update_, make_teacher
 
 
 class _WithTeacher(SSLMethod):
@@ -25,10 +23,7 @@ class _WithTeacher(SSLMethod):
         super().__init__({}, ARCHITECTURES.get("ResEncTiny"), (16, 16, 16))
         torch.manual_seed(0)
         self.student = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-        self.teacher = make_teacher(self.student)
-
-    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
-        return ("teacher",)
+        self.teacher = EMATeacher(self.student, 0.9)
 
     def forward(self, batch):
         return self.student(batch["x"]).pow(2).mean()
@@ -41,27 +36,45 @@ def test_teacher_is_a_frozen_eval_copy() -> None:
     for (_, s), (_, t) in zip(method.student.state_dict().items(), method.teacher.state_dict().items()):
         torch.testing.assert_close(s, t)
     assert all(n.startswith("teacher.") for n in ddp_ignored_names(method))
-    assert "teacher.1.running_mean" in ddp_ignored_names(method) and "teacher.0.weight" in ddp_ignored_names(method)
+    names = ddp_ignored_names(method)
+    assert "teacher.module.1.running_mean" in names and "teacher.module.0.weight" in names
     assert not any(n.startswith("student") for n in ddp_ignored_names(method))
 
 
 def test_ema_step_is_exact_and_the_teacher_gets_no_gradient() -> None:
     method = _WithTeacher()
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
-    old = {k: v.clone() for k, v in method.teacher.named_parameters()}
-    old_buffers = {k: v.clone() for k, v in method.teacher.named_buffers()}
+    old = {k: v.clone() for k, v in method.teacher.module.named_parameters()}
+    old_buffers = {k: v.clone() for k, v in method.teacher.module.named_buffers()}
     loss = method({"x": torch.randn(8, 4)})
     loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     opt.step()
     m = 0.9
-    ema_update_(method.teacher, method.student, m)
-    for name, p in method.teacher.named_parameters():
+    method.on_step_end(0, 10)  # the base class updates every EMATeacher
+    for name, p in method.teacher.module.named_parameters():
         expected = m * old[name] + (1 - m) * dict(method.student.named_parameters())[name].detach()
         torch.testing.assert_close(p, expected, rtol=0, atol=1e-7)
-    assert not torch.equal(method.teacher[0].weight, old["0.weight"])  # the student moved, so did the teacher
-    for name, b in method.teacher.named_buffers():  # buffers are not averaged
+    assert not torch.equal(method.teacher.module[0].weight, old["0.weight"])  # the student moved, so did the teacher
+    for name, b in method.teacher.module.named_buffers():  # buffers are not averaged
         torch.testing.assert_close(b, old_buffers[name])
+
+
+def test_teacher_schedule_reset_and_eval_mode() -> None:
+    student = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    constant, cosine = EMATeacher(student, 0.9), EMATeacher(student, 0.992, final_momentum=1.0)
+    assert constant.momentum_at(0, 10) == constant.momentum_at(9, 10) == 0.9
+    assert cosine.momentum_at(0, 10) == pytest.approx(0.992) and cosine.momentum_at(9, 10) == pytest.approx(1.0)
+    with torch.no_grad():
+        student[0].weight.add_(1.0)  # e.g. pretrained weights loaded after construction
+    assert not torch.equal(constant.module[0].weight, student[0].weight)
+    constant.reset()
+    assert torch.equal(constant.module[0].weight, student[0].weight)
+    constant.train()
+    assert not constant.training and not constant.module[1].training
+    assert "student" not in dict(constant.named_modules()) and len(constant.state_dict()) == 2
+    with pytest.raises(ValueError, match="momentum"):
+        EMATeacher(student, 1.5)
 
 
 def test_ema_rejects_foreign_students() -> None:
@@ -100,8 +113,8 @@ def test_ddp_leaves_the_teacher_alone(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("MASTER_PORT", raising=False)
     spawn(_ddp_ignore_worker, 2, (tmp_path,))
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert float(states[0]["teacher.0.weight"].mean()) == 1.0
-    assert float(states[1]["teacher.0.weight"].mean()) == 2.0
+    assert float(states[0]["teacher.module.0.weight"].mean()) == 1.0
+    assert float(states[1]["teacher.module.0.weight"].mean()) == 2.0
 
 
 def test_projection_head_layout_init_and_norms() -> None:
@@ -134,29 +147,3 @@ def test_predictor_head() -> None:
     head = PredictorHead(8, 4, 8)
     assert [type(m).__name__ for m in head.layers] == ["Linear", "BatchNorm1d", "SiLU", "Linear"]
     assert head(torch.randn(3, 8)).shape == (3, 8)
-
-
-@pytest.mark.parametrize("arch,dim", [("ResEncTiny", 8 + 16 + 32 + 64), ("PrimusTiny", 72)])
-def test_encoder_features(arch: str, dim: int) -> None:
-    spec = ARCHITECTURES.get(arch)
-    net = build_network(arch, 1, 1, (32, 32, 32))
-    x = torch.randn(2, 1, 32, 32, 32)
-    feats = encoder_features(net, spec, x)
-    assert feats.pooled.shape == (2, dim) == (2, pooled_dim(spec, net))
-    assert feats.grid == (4, 4, 4)
-    if arch == "ResEncTiny":
-        assert feats.tokens is None and len(feats.stages) == 4
-        torch.testing.assert_close(feats.pooled[:, :8], net.encoder(x)[0].mean(dim=(2, 3, 4)))
-    else:
-        assert feats.stages is None and feats.tokens.shape == (2, 64, 72)
-        torch.testing.assert_close(feats.pooled, feats.tokens.mean(1))
-    # the features depend on the encoder weights that are saved downstream
-    feats.pooled.sum().backward()
-    key = "encoder.stem.convs.0.conv.weight" if arch == "ResEncTiny" else "down_projection.proj.weight"
-    assert dict(net.named_parameters())[key].grad.abs().sum() > 0
-    assert math.isfinite(float(feats.pooled.sum()))
-
-
-def test_resenc_l_pooled_dim_is_1120() -> None:
-    net = build_network("ResEncL", 1, 1, (64, 64, 64))
-    assert pooled_dim(ARCHITECTURES.get("ResEncL"), net) == 1120

@@ -88,12 +88,12 @@ def test_forward_teacher_and_keys(arch: str) -> None:
     out.loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    old = {k: v.clone() for k, v in method.teacher.named_parameters()}
+    old = {k: v.clone() for k, v in method.teacher.module.named_parameters()}
     opt.step()
     method.on_step_end(0, 10)
     m = method.cfg.teacher_momentum
     student = dict(method.student.named_parameters())
-    for name, p in method.teacher.named_parameters():
+    for name, p in method.teacher.module.named_parameters():
         torch.testing.assert_close(p, m * old[name] + (1 - m) * student[name].detach(), rtol=0, atol=1e-6)
 
 

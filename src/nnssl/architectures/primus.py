@@ -49,10 +49,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from dynamic_network_architectures.architectures.primus import Primus, PrimusB, PrimusL, PrimusM, PrimusS
 from dynamic_network_architectures.building_blocks.eva import Eva
 from einops import rearrange
 from timm.layers import apply_keep_indices_nlc
+from timm.layers.pos_embed_sincos import build_rotary_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -116,52 +118,78 @@ def token_grid_positions(grid: Sequence[int], device: torch.device | str | None 
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
-def keep_indices_to_token_mask(keep_indices: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """(B, K) kept token indices -> (B, N) bool, True where the token was kept (visible)."""
-    mask = torch.zeros(keep_indices.shape[0], num_tokens, dtype=torch.bool, device=keep_indices.device)
-    mask.scatter_(1, keep_indices, True)
-    return mask
+def resampled_pos_embed(pos_embed: torch.Tensor, build_grid: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
+    """(1, N, D) learned positional embedding of ``build_grid`` -> (1, N', D) for ``grid`` (trilinear, (w h d))."""
+    if tuple(grid) == tuple(build_grid):
+        return pos_embed
+    volume = unflatten_tokens(pos_embed, build_grid)
+    volume = F.interpolate(volume, size=tuple(int(g) for g in grid), mode="trilinear", align_corners=False)
+    return flatten_tokens(volume)
 
 
-def token_mask_to_voxel_mask(
-    token_mask: torch.Tensor, grid: Sequence[int], token_size: int = TOKEN_SIZE
+def rope_table(eva: Eva, grid: Sequence[int]) -> torch.Tensor | None:
+    """The RoPE table (N', 2 * rope_dim) of dna's Eva for ``grid`` (``eva.rope.get_embed()`` at the build grid).
+
+    Other grids are rebuilt with timm's ``build_rotary_pos_embed`` and the encoder's ``ref_feat_shape``, so the
+    new grid maps onto the same normalised extent as the build grid.
+    """
+    rope = eva.rope
+    if rope is None:
+        return None
+    if rope.feat_shape is not None and tuple(grid) == tuple(rope.feat_shape):
+        return rope.get_embed()
+    reference = rope.get_embed()
+    sin, cos = build_rotary_pos_embed(
+        feat_shape=[int(g) for g in grid],
+        dim=rope.dim,
+        max_res=rope.max_res,
+        temperature=rope.temperature,
+        linear_bands=rope.linear_bands,
+        in_pixels=rope.in_pixels,
+        ref_feat_shape=rope.ref_feat_shape,
+        grid_offset=getattr(rope, "grid_offset", 0.0),
+        grid_indexing=getattr(rope, "grid_indexing", "ij"),
+        device=reference.device,
+        dtype=reference.dtype,
+    )
+    return torch.cat([sin, cos], dim=-1)
+
+
+def eva_forward_tokens(
+    eva: Eva,
+    tokens: torch.Tensor,
+    keep_indices: torch.Tensor | None = None,
+    grid: Sequence[int] | None = None,
+    build_grid: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """(B, N) per-token values in (w h d) order -> (B, 1, X, Y, Z) voxel map (each token fills its 8^3 cube)."""
-    grid_values = unflatten_tokens(token_mask.unsqueeze(-1), grid)
-    for axis in (2, 3, 4):
-        grid_values = grid_values.repeat_interleave(token_size, dim=axis)
-    return grid_values
+    """Run dna's Eva encoder on all tokens of a grid or on the subset ``keep_indices``.
 
+    ``tokens`` is (B, N, D) in (w h d) order. Without ``grid`` (or with ``grid == build_grid``) N must equal the
+    encoder's grid (``pos_embed`` and RoPE are built for one grid). ``keep_indices`` (B, K) long selects, per
+    sample, the tokens that enter the blocks; the learned ``pos_embed`` is added before the selection and the RoPE
+    rows are gathered with the same indices, so every kept token keeps its own position. Returns (B, K, D) (K = N
+    without indices), row ``k`` belonging to token ``keep_indices[:, k]``. Equal to ``eva(tokens)[0]`` without
+    indices at the build grid; honours ``eva.grad_checkpointing``.
 
-def random_keep_indices(
-    batch_size: int, num_tokens: int, keep_ratio: float, generator: torch.Generator | None = None, device=None
-) -> torch.Tensor:
-    """(B, K) sorted random token indices, K = max(1, int(num_tokens * keep_ratio)), drawn per sample."""
-    num_keep = max(1, int(num_tokens * keep_ratio))
-    noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
-    return torch.argsort(noise, dim=1)[:, :num_keep].sort(dim=1).values
-
-
-def eva_forward_tokens(eva: Eva, tokens: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
-    """Run dna's Eva encoder on all tokens or on the subset ``keep_indices``.
-
-    ``tokens`` is (B, N, D) in (w h d) order with N equal to the encoder's grid (``pos_embed`` and RoPE are
-    built for one grid). ``keep_indices`` (B, K) long selects, per sample, the tokens that enter the
-    blocks; the learned ``pos_embed`` is added before the selection and the RoPE rows are gathered with the
-    same indices, so every kept token keeps its own position. Returns (B, K, D) (K = N without indices),
-    row ``k`` belonging to token ``keep_indices[:, k]``. Equal to ``eva(tokens)[0]`` when ``keep_indices`` is
-    None; honours ``eva.grad_checkpointing``.
+    A ``grid`` other than ``build_grid`` (DINO's local crops) resamples ``pos_embed`` trilinearly
+    (:func:`resampled_pos_embed`) and rebuilds RoPE for that grid (:func:`rope_table`); token dropping is only
+    defined at the build grid.
     """
     if eva.num_prefix_tokens:
         raise ValueError("eva_forward_tokens does not support register/prefix tokens (num_reg_tokens must be 0).")
-    if eva.pos_embed is not None and tokens.shape[1] != eva.pos_embed.shape[1]:
+    other_grid = grid is not None and build_grid is not None and tuple(grid) != tuple(build_grid)
+    if other_grid and keep_indices is not None:
+        raise ValueError(f"Token dropping needs the build grid {tuple(build_grid)}, got the grid {tuple(grid)}.")
+    if not other_grid and eva.pos_embed is not None and tokens.shape[1] != eva.pos_embed.shape[1]:
         raise ValueError(
             f"Got {tokens.shape[1]} tokens but the encoder was built for {eva.pos_embed.shape[1]} "
             "(pos_embed). Build the network with the patch size you feed it."
         )
-    x = tokens if eva.pos_embed is None else tokens + eva.pos_embed
+    x = tokens
+    if eva.pos_embed is not None:
+        x = x + (resampled_pos_embed(eva.pos_embed, build_grid, grid).to(x.dtype) if other_grid else eva.pos_embed)
     x = eva.pos_drop(x)
-    rope = eva.rope.get_embed() if eva.rope is not None else None
+    rope = rope_table(eva, grid) if other_grid else (eva.rope.get_embed() if eva.rope is not None else None)
     if keep_indices is not None:
         x = x.gather(1, keep_indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         if rope is not None:
@@ -224,7 +252,7 @@ _PRIMUS_KEYS = {
     "key_to_stem": "down_projection",
     "keys_to_in_proj": ("down_projection.proj",),
     "key_to_lpe": "eva.pos_embed",
-    "token_masking": True,
+    "family": "transformer",
     "token_size": TOKEN_SIZE,
     "patch_multiple": TOKEN_SIZE,
 }

@@ -21,8 +21,10 @@ class ArchitectureSpec:
     input channels downstream), ``key_to_lpe`` the learned positional embedding (interpolated downstream).
 
     ``arch_class_name`` is the name nnU-Net rebuilds from (``ResEncL``, ``PrimusM``, or a dynamic class
-    with ``arch_kwargs``). ``token_masking`` says whether the network drops tokens (transformers) or
-    masks voxels (CNNs). ``patch_multiple`` is the factor every patch side must be divisible by.
+    with ``arch_kwargs``). ``family`` names the backbone interface methods see (``"cnn"``: encoder-decoder
+    U-Net, masks voxel blocks; ``"transformer"``: token encoder, drops or replaces tokens; see
+    :mod:`nnssl.backbones`); ``token_size`` is the patch-embedding side of transformers. ``patch_multiple`` is the
+    factor every patch side must be divisible by.
     """
 
     name: str
@@ -32,7 +34,7 @@ class ArchitectureSpec:
     key_to_stem: str
     keys_to_in_proj: tuple[str, ...]
     key_to_lpe: str | None = None
-    token_masking: bool = False
+    family: str = "cnn"
     token_size: int | None = None
     patch_multiple: int = 32
     arch_kwargs: dict | None = None

@@ -297,7 +297,6 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
             adaptation_plan,
             device=device,
             dist_ctx=ctx,
-            find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
         )
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)

@@ -81,6 +81,39 @@ class ResumeMismatchError(RuntimeError):
     """``--c`` found a checkpoint whose configuration differs from the requested one."""
 
 
+class UnusedParametersError(RuntimeError):
+    """Trainable parameters received no gradient: DDP (without ``find_unused_parameters``) would hang or fail."""
+
+
+def parameters_without_gradient(method: SSLMethod) -> list[str]:
+    """Names of the trainable parameters outside ``method.ddp_ignored_prefixes()`` whose ``.grad`` is None."""
+    ignored = set(ddp_ignored_names(method))
+    return [
+        name
+        for name, parameter in method.named_parameters()
+        if parameter.requires_grad and parameter.grad is None and name not in ignored
+    ]
+
+
+def check_gradient_coverage(method: SSLMethod) -> None:
+    """Raise :class:`UnusedParametersError` unless every trainable parameter received a gradient.
+
+    DDP runs without ``find_unused_parameters`` (no per-step graph search): a trainable parameter that a method
+    never uses leaves DDP waiting for its gradient, and the next step fails with "Expected to have finished
+    reduction in the prior iteration". The engine checks this on the first step of every process, on one GPU too,
+    so the mistake shows in any run and names the parameters.
+    """
+    missing = parameters_without_gradient(method)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise UnusedParametersError(
+            f"{len(missing)} trainable parameters of {type(method).__name__} received no gradient in the first step: "
+            f"{shown}. Multi-GPU training needs every trainable parameter in every step. A method must freeze "
+            "(requires_grad_(False)) or not build what it does not use (the backbone interface freezes the decoder "
+            "of encoder-only methods), and a part used only on some steps must take part in every step."
+        )
+
+
 @dataclass
 class StepResult:
     """What one iteration did. ``loss`` is the global (all-rank, batch-weighted) loss."""
@@ -184,7 +217,6 @@ class Trainer:
         device: torch.device | str = "cpu",
         dist_ctx: DistContext | None = None,
         callbacks: Sequence[Callback] = (),
-        find_unused_parameters: bool = False,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -198,7 +230,7 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=find_unused_parameters,
+                find_unused_parameters=False,  # every trainable parameter is used: check_gradient_coverage
             )
         self.make_train_iter = make_train_iter
         self.make_val_iter = make_val_iter
@@ -227,6 +259,7 @@ class Trainer:
         self.consecutive_nonfinite = 0
         self.last_finite: tuple[int, float] | None = None
         self.stopper = GracefulStop()
+        self._gradients_checked = False
         self._stop_agreed = False
         self.stopped = False
 
@@ -284,6 +317,9 @@ class Trainer:
         if not math.isfinite(result.loss):
             self._skip(result, "loss", result.loss)
         else:
+            if not self._gradients_checked:
+                check_gradient_coverage(self.method)
+                self._gradients_checked = True
             self.scaler.unscale_(self.optimizer)
             max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))

@@ -1,4 +1,7 @@
-"""Pre-training methods, one module each, registered in :data:`METHODS` by explicit import."""
+"""Pre-training methods, one module each, registered in :data:`METHODS` by explicit import.
+
+Methods of other installed packages register through the ``nnssl.methods`` entry-point group (:mod:`nnssl.plugins`).
+"""
 
 from nnssl.methods import (
     aligned_mae,  # noqa: F401

@@ -12,13 +12,16 @@ then train on two overlapping crops per image (:class:`nnssl.transforms.overlap_
 * EMA teacher (``theta_T <- m theta_T + (1 - m) theta_S``, m = 0.995 constant, parameters only) sees the
   unmasked crop, in eval mode, without gradient and without predictor. It is a copy of the student made at
   construction and made again by :meth:`AlignedMAE.on_pretrained_weights_loaded`, so teacher = student at step 0.
-* Dense features: ResEnc: every encoder stage adaptively average-pooled to a common ``dense_grid``^3 and
-  concatenated (1120 channels for ResEnc-L); Primus: student = encoder tokens with the mask token scattered
-  back, through a 2-block Eva feature decoder; teacher = encoder output on all tokens. Projector per voxel
-  (+ predictor for the student), then ROI-aligned to ``roi_grid`` cells over each crop's overlap box
-  (:func:`nnssl.losses.alignment.roi_align`).
-* Global latent: ResEnc: global average pool of every stage, concatenated; Primus: attention pooling of the
-  dense tokens (softmax of a learned linear score). Projector (+ predictor for the student).
+* Dense features (:meth:`nnssl.backbones.Features.dense` on ``dense_grid``, default the backbone's native grid):
+  student = features of the masked input that :meth:`~nnssl.backbones.Backbone.reconstruct` returns, through the
+  backbone's context decoder (Primus: encoder tokens with the mask token scattered back, then a 2-block Eva
+  feature decoder; ResEnc: the encoder stages of the zeroed input as they are, every stage adaptively
+  average-pooled to ``dense_grid``^3 and concatenated, 1120 channels for ResEnc-L); teacher = the unmasked
+  crop's features. Projector per voxel (+ predictor for the student), then ROI-aligned to ``roi_grid`` cells over
+  each crop's overlap box (:func:`nnssl.losses.alignment.roi_align`).
+* Global latent (``global_pool``): ``"mean"`` (global average pool of every map, concatenated; the ResEnc presets)
+  or ``"attention"`` (softmax of a learned linear score over the dense positions; the Primus presets). Projector
+  (+ predictor for the student).
 
 Loss ``L = w_rec L_rec + w_cva L_cva + w_con L_con`` (5.0, 1.0, 0.1):
 ``L_rec = sum huber(xhat - x) M / sum M`` (M = 1 on masked voxels), ``L_cva = 2 - 2 mean_{k,g} <P_k(g), Q_k(g)>``
@@ -35,13 +38,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.eva import Eva
 from torch import nn
 
 from nnssl.architectures import check_patch_size
-from nnssl.architectures.primus import eva_forward_tokens, flatten_tokens, unflatten_tokens
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import Features, build_backbone
 from nnssl.losses.alignment import (
     channel_std_ratio,
     cva_contrastive_loss,
@@ -53,13 +54,10 @@ from nnssl.losses.alignment import (
 from nnssl.losses.contrastive import nt_xent
 from nnssl.losses.reconstruction import masked_mse
 from nnssl.methods.base import SSLMethod, StepOutput, Transform
-from nnssl.methods.features import is_token_backbone, pooled_dim
-from nnssl.methods.heads import PredictorHead, ProjectionHead
-from nnssl.methods.primus_mae_network import PrimusMAENetwork
+from nnssl.methods.heads import GLOBAL_POOLS, PredictorHead, ProjectionHead, make_global_pool
 from nnssl.methods.registry import METHODS
-from nnssl.methods.teacher import ema_update_, make_teacher
+from nnssl.methods.teacher import EMATeacher
 from nnssl.transforms.intensity import IntensityAugmentation
-from nnssl.transforms.masking import blocky_mask, random_keep_indices
 from nnssl.transforms.overlap_views import OverlapViews
 
 logger = logging.getLogger(__name__)
@@ -74,10 +72,11 @@ class AlignedMAEConfig:
     ``crop_size``: the views the backbone sees (the sampled ``train.patch_size`` is the base patch they are cut
     from; see :func:`nnssl.transforms.overlap_views.min_base_size`). ``overlap_range``: range of the total
     volumetric overlap t. ``alignment``: "cosine" (CVA), "gram" or "contrastive" (C-CVA). ``dense_grid``: the
-    common grid of the pooled ResEnc stages. ``use_predictor``: the student's predictor head (off only for
-    tests). ``reconstruction_target``: "view" (the intensity-augmented crop, as the reference) or "clean" (the
-    crop before intensity augmentation). ``low_resolution_p``: per-crop probability of simulated low
-    resolution (the reference applied it to the shared base patch).
+    common grid of the dense features (None: the backbone's native grid, 1/8 of the crop). ``global_pool``:
+    "mean" or "attention". ``use_predictor``: the student's predictor head (off only for tests).
+    ``reconstruction_target``: "view" (the intensity-augmented crop, as the reference) or "clean" (the crop before
+    intensity augmentation). ``low_resolution_p``: per-crop probability of simulated low resolution (the reference
+    applied it to the shared base patch).
     """
 
     crop_size: tuple[int, int, int] = (128, 128, 128)
@@ -95,7 +94,8 @@ class AlignedMAEConfig:
     temperature: float = 0.5
     roi_grid: tuple[int, int, int] = (7, 7, 7)
     roi_oversample: int = 2
-    dense_grid: int = 16
+    dense_grid: int | None = None
+    global_pool: str = "mean"
     projector_hidden_dim: int = 2048
     projector_dim: int = 2048
     predictor_hidden_dim: int = 512
@@ -121,17 +121,12 @@ def check_view_layout(n_views: int, n_images: int) -> None:
         )
 
 
-def attention_pool(tokens: torch.Tensor, score: nn.Linear) -> torch.Tensor:
-    """(B, N, D) -> (B, D): softmax over tokens of a learned linear score, weighted sum (in fp32)."""
-    weights = torch.softmax(score(tokens).float(), dim=1)
-    return (weights * tokens.float()).sum(dim=1)
-
-
 @METHODS.register("AlignedMAE")
 class AlignedMAE(SSLMethod):
     """MAE student + EMA teacher with consistent view alignment; ``backbone()`` is the downstream network."""
 
     config_cls = AlignedMAEConfig
+    presets_module = "nnssl.presets.aligned_mae"
 
     def __init__(
         self, cfg: AlignedMAEConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
@@ -139,9 +134,16 @@ class AlignedMAE(SSLMethod):
         super().__init__(cfg, arch, patch_size, in_channels)
         if cfg.alignment not in ALIGNMENTS:
             raise ValueError(f"method.alignment must be one of {ALIGNMENTS}, got '{cfg.alignment}'.")
+        if cfg.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"method.global_pool must be one of {GLOBAL_POOLS}, got '{cfg.global_pool}'.")
         if cfg.reconstruction_target not in ("view", "clean"):
             raise ValueError(
                 f"method.reconstruction_target must be 'view' or 'clean', got '{cfg.reconstruction_target}'."
+            )
+        if cfg.w_rec <= 0:
+            raise ValueError(
+                f"method.w_rec must be > 0 (AlignedMAE is MAE plus alignment), got {cfg.w_rec}; for alignment terms "
+                "alone use a contrastive method."
             )
         self.crop_size = check_patch_size(arch, cfg.crop_size)
         if any(c > p for c, p in zip(self.crop_size, self.patch_size)):
@@ -149,59 +151,37 @@ class AlignedMAE(SSLMethod):
                 f"method.crop_size {list(self.crop_size)} is larger than the sampled patch train.patch_size "
                 f"{list(self.patch_size)}; the crops are cut from that patch."
             )
-        self.token_masking = is_token_backbone(arch)
-        network = arch.build(in_channels, in_channels, self.crop_size)
-        if self.token_masking:
-            self.network: nn.Module = PrimusMAENetwork(network, self.crop_size, cfg.decoder_depth, cfg.mask_token_std)
-            dim = int(network.embed_dim)
-            heads = int(network.eva.blocks[0].attn.num_heads)
-            self.feature_decoder = Eva(
-                embed_dim=dim,
-                depth=cfg.feature_decoder_depth,
-                num_heads=heads,
-                ref_feat_shape=self.network.grid,
-                use_abs_pos_emb=True,
-                use_rot_pos_emb=True,
-                init_values=0.1,
-                scale_attn_inner=True,
-            )
-            self.pool_score = nn.Linear(dim, 1)
-        else:
-            if any(p % cfg.block_size for p in self.crop_size):
-                raise ValueError(
-                    f"AlignedMAE block_size {cfg.block_size} must divide the crop size {list(self.crop_size)}; "
-                    "set method.block_size or method.crop_size."
-                )
-            self.network = network
-        feature_dim = pooled_dim(arch, self.backbone())
+        self.need_dense, self.need_global = cfg.w_cva != 0, cfg.w_con != 0
+        self.net = build_backbone(
+            arch,
+            in_channels,
+            self.crop_size,
+            reconstruction=True,
+            decoder_depth=cfg.decoder_depth,
+            mask_token_std=cfg.mask_token_std,
+        )
+        self.net.unit_grid(self.crop_size, cfg.block_size)  # the mask units must tile the crop
+        self.teacher: EMATeacher | None = None
+        self.pretrained_report: dict[str, list[str]] = {}
+        if not (self.need_dense or self.need_global):
+            return  # plain MAE on the crops: no heads, no teacher
+        # a zero-weighted term is not built, so every trainable parameter gets a gradient (DDP needs no search)
+        self.context = self.net.context_decoder(cfg.feature_decoder_depth)
+        self.pool = make_global_pool(cfg.global_pool, self.net.feature_dim) if self.need_global else None
         self.projector = ProjectionHead(
-            feature_dim, cfg.projector_hidden_dim, cfg.projector_dim, num_layers=3, norm="batch_no_stats"
+            self.net.feature_dim, cfg.projector_hidden_dim, cfg.projector_dim, num_layers=3, norm="batch_no_stats"
         )
         self.predictor = (
             PredictorHead(cfg.projector_dim, cfg.predictor_hidden_dim, cfg.projector_dim) if cfg.use_predictor else None
         )
-        self.teacher = make_teacher(self._teacher_source())
-        # a zero-weighted term is not computed, so its parameters get no gradient under DDP
-        self.ddp_find_unused_parameters = cfg.w_cva == 0 or cfg.w_con == 0 or cfg.w_rec == 0
-        self.pretrained_report: dict[str, list[str]] = {}
+        mirrored = {"net": self.net, "projector": self.projector}
+        if self.pool is not None:
+            mirrored["pool"] = self.pool
+        self.teacher = EMATeacher(nn.ModuleDict(mirrored), cfg.teacher_momentum)
 
     # ------------------------------------------------------------------ engine contract
     def network_patch_size(self) -> tuple[int, ...]:
         return self.crop_size
-
-    def backbone(self) -> nn.Module:
-        return self.network.backbone if self.token_masking else self.network
-
-    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
-        return ("teacher",)
-
-    def train(self, mode: bool = True) -> AlignedMAE:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        ema_update_(self.teacher, self._teacher_source(), self.cfg.teacher_momentum)
 
     def train_transform(self) -> Transform:
         cfg = self.cfg
@@ -221,39 +201,26 @@ class AlignedMAE(SSLMethod):
             deterministic=True,
         )
 
-    # ------------------------------------------------------------------ teacher
-    def _teacher_source(self) -> nn.ModuleDict:
-        """The student modules the teacher mirrors (built on the fly: no second registration of the student)."""
-        if self.token_masking:
-            modules = {"backbone": self.network.backbone, "pool_score": self.pool_score, "projector": self.projector}
-        else:
-            modules = {"encoder": self.network.encoder, "projector": self.projector}
-        return nn.ModuleDict(modules)
-
-    @torch.no_grad()
-    def reset_teacher(self) -> None:
-        """Teacher := student (parameters and buffers), e.g. after loading pretrained weights."""
-        self.teacher.load_state_dict(self._teacher_source().state_dict())
-
     def on_pretrained_weights_loaded(self, path: str, loaded: Sequence[str], not_loaded: Sequence[str]) -> None:
         """Complete the MAE start and make the teacher a copy of the loaded student.
 
-        ``network_weights`` of a Primus MAE checkpoint hold the backbone only; its MAE decoder and mask token
-        live in ``method_state`` under ``network.`` (the same names as here), so they are loaded from there when
-        the shapes match. Everything else of the method (projector, predictor, Primus feature decoder and pooling
-        score) keeps its fresh initialisation. The report is logged and kept in ``self.pretrained_report``.
+        ``network_weights`` hold the downstream network only; an MAE checkpoint's reconstruction parts (Primus: the
+        light decoder and the mask token) live in its ``method_state`` under ``net.`` (the same names as here), so
+        they are loaded from there when the shapes match. Everything else of the method (projector, predictor,
+        context decoder, pooling) keeps its fresh initialisation. The report is logged and kept in
+        ``self.pretrained_report``; then every EMA teacher is re-copied from the student.
         """
         from nnssl.engine.checkpoint import load_checkpoint  # the engine imports methods: import late
 
         checkpoint = load_checkpoint(path)
         method_state = checkpoint.get("method_state") or {}
-        prefix = "backbone." if self.token_masking else ""
-        backbone_loaded = {f"network.{prefix}{k}" for k in loaded}
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        backbone_loaded = {f"net.network.{k}" for k in loaded}
+        teachers = tuple(self.teachers())
+        own = {k: v for k, v in self.state_dict().items() if not any(k == t or k.startswith(t + ".") for t in teachers)}
         extra = {
             k: v
             for k, v in method_state.items()
-            if k.startswith("network.")
+            if k.startswith("net.")
             and k not in backbone_loaded
             and k in own
             and isinstance(v, torch.Tensor)
@@ -261,11 +228,8 @@ class AlignedMAE(SSLMethod):
         }
         if extra:
             self.load_state_dict(extra, strict=False)
-        self.reset_teacher()
         fresh = sorted(k for k in own if k not in backbone_loaded and k not in extra)
-        fresh_modules = sorted(
-            {k.split(".")[0] if not k.startswith("network.") else k.rsplit(".", 1)[0] for k in fresh}
-        )
+        fresh_modules = sorted({k.rsplit(".", 1)[0] if k.startswith("net.") else k.split(".")[0] for k in fresh})
         self.pretrained_report = {
             "backbone_loaded": sorted(loaded),
             "backbone_not_loaded": sorted(not_loaded),
@@ -283,67 +247,35 @@ class AlignedMAE(SSLMethod):
             len(fresh),
             ", ".join(fresh_modules[:8]) + (" ..." if len(fresh_modules) > 8 else ""),
         )
+        super().on_pretrained_weights_loaded(path, loaded, not_loaded)
 
     # ------------------------------------------------------------------ features
-    def _dense_and_global_resenc(self, stages: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = (self.cfg.dense_grid,) * 3
-        dense = torch.cat([F.adaptive_avg_pool3d(s, grid) for s in stages], dim=1)
-        pooled = torch.cat([s.mean(dim=(2, 3, 4)) for s in stages], dim=1)
-        return dense, pooled
-
     def _heads(
-        self, dense: torch.Tensor | None, pooled: torch.Tensor | None, projector: nn.Module, predictor: nn.Module | None
+        self, features: Features, pool: nn.Module | None, projector: nn.Module, predictor: nn.Module | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         def head(x: torch.Tensor) -> torch.Tensor:
             x = projector(x)
             return predictor(x) if predictor is not None else x
 
-        dense_out = None
-        if dense is not None:
-            dense_out = head(dense.movedim(1, -1)).movedim(-1, 1)
-        return dense_out, head(pooled) if pooled is not None else None
+        dense = head(features.dense(self.cfg.dense_grid).movedim(1, -1)).movedim(-1, 1) if self.need_dense else None
+        pooled = head(pool(features)) if pool is not None else None
+        return dense, pooled
 
-    def _student(self, x: torch.Tensor, need_dense: bool, need_global: bool) -> tuple[_Outputs, torch.Tensor]:
+    def _student(self, x: torch.Tensor) -> tuple[_Outputs, torch.Tensor]:
         """Student outputs on the masked crops and the voxel mask (1 = masked)."""
-        n = x.shape[0]
-        if self.token_masking:
-            net: PrimusMAENetwork = self.network  # type: ignore[assignment]
-            keep = random_keep_indices(n, net.num_tokens, self.cfg.mask_ratio, device=x.device)
-            full = net.fill_mask_tokens(net.encode(x, keep), keep)
-            decoded, _ = net.decoder(full)
-            reconstruction = net.backbone.up_projection(unflatten_tokens(decoded, net.grid))
-            mask = net.masked_voxels(keep)
-            dense = pooled = None
-            if need_dense or need_global:
-                tokens, _ = self.feature_decoder(full)
-                dense = unflatten_tokens(tokens, net.grid) if need_dense else None
-                pooled = attention_pool(tokens, self.pool_score) if need_global else None
-        else:
-            mask = blocky_mask(n, x.shape[2:], self.cfg.block_size, self.cfg.mask_ratio, device=x.device)
-            stages = self.network.encoder(x * (1.0 - mask).to(x.dtype))
-            reconstruction = self.network.decoder(stages)
-            if isinstance(reconstruction, (list, tuple)):
-                reconstruction = reconstruction[0]
-            dense, pooled = self._dense_and_global_resenc(stages)
-            dense = dense if need_dense else None
-            pooled = pooled if need_global else None
-        dense, pooled = self._heads(dense, pooled, self.projector, self.predictor)
-        return _Outputs(reconstruction, dense, pooled), mask
+        mask = self.net.draw_mask(x.shape[0], self.cfg.mask_ratio, self.cfg.block_size, device=x.device)
+        out = self.net.reconstruct(x, mask)
+        dense = pooled = None
+        if self.teacher is not None:
+            dense, pooled = self._heads(self.context(out.features), self.pool, self.projector, self.predictor)
+        return _Outputs(out.prediction, dense, pooled), mask.voxels()
 
     @torch.no_grad()
-    def _teacher(self, x: torch.Tensor, need_dense: bool, need_global: bool) -> _Outputs:
+    def _teacher(self, x: torch.Tensor) -> _Outputs:
         """Teacher outputs on the unmasked crops (eval mode, no gradient, no predictor)."""
         teacher = self.teacher
-        if self.token_masking:
-            backbone = teacher["backbone"]
-            tokens = eva_forward_tokens(backbone.eva, flatten_tokens(backbone.down_projection(x)))
-            dense = unflatten_tokens(tokens, self.network.grid) if need_dense else None
-            pooled = attention_pool(tokens, teacher["pool_score"]) if need_global else None
-        else:
-            dense, pooled = self._dense_and_global_resenc(teacher["encoder"](x))
-            dense = dense if need_dense else None
-            pooled = pooled if need_global else None
-        dense, pooled = self._heads(dense, pooled, teacher["projector"], None)
+        pool = teacher["pool"] if self.need_global else None
+        dense, pooled = self._heads(teacher["net"].encode(x), pool, teacher["projector"], None)
         return _Outputs(None, dense, pooled)
 
     # ------------------------------------------------------------------ step
@@ -360,9 +292,8 @@ class AlignedMAE(SSLMethod):
         check_view_layout(x.shape[0], b)
         target = torch.cat([batch["clean"][:, 0], batch["clean"][:, 1]]) if "clean" in batch else x
         cfg = self.cfg
-        need_dense, need_global = cfg.w_cva != 0, cfg.w_con != 0
-        student, mask = self._student(x, need_dense, need_global)
-        teacher = self._teacher(x, need_dense, need_global) if need_dense or need_global else None
+        student, mask = self._student(x)
+        teacher = self._teacher(x) if self.teacher is not None else None
         zero = x.new_zeros((), dtype=torch.float32)
         rec = masked_huber(student.reconstruction, target, mask)
         metrics = {
@@ -370,7 +301,7 @@ class AlignedMAE(SSLMethod):
             "mse": float(masked_mse(student.reconstruction.detach(), target, mask)),
         }
         cva = con = zero
-        if need_dense:
+        if self.need_dense:
             assert teacher is not None and student.dense is not None and teacher.dense is not None
             p = roi_align(student.dense, box, cfg.roi_grid, cfg.roi_oversample)
             # row k of q: the partner view k' = (k + B) mod 2B, aligned over its own box (the same region)
@@ -384,7 +315,7 @@ class AlignedMAE(SSLMethod):
             metrics["loss_cva"] = float(cva.detach())
             metrics["cw_std"] = channel_std_ratio(teacher.dense.movedim(1, -1))
             metrics["cw_std_student"] = channel_std_ratio(student.dense.movedim(1, -1))
-        if need_global:
+        if self.need_global:
             assert teacher is not None and student.global_ is not None and teacher.global_ is not None
             con, acc = nt_xent(
                 student.global_, teacher.global_.roll(b, dims=0), cfg.temperature, same_image_aware=True, gather=True

@@ -2,7 +2,9 @@
 
 The engine owns the step (device, DDP, mixed precision, clipping, optimizer, schedule, NaN guard,
 validation, checkpoints). A method owns its networks and heads, the transform that turns a sampled
-crop into its views, and ``forward(batch) -> StepOutput``.
+crop into its views, and ``forward(batch) -> StepOutput``. It reaches its network only through the backbone
+interface (:mod:`nnssl.backbones`), and an EMA teacher only through :class:`nnssl.methods.teacher.EMATeacher`,
+whose updates, re-copying and DDP bookkeeping this base class does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from torch import nn
 
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import Backbone
+from nnssl.methods.teacher import EMATeacher
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -39,6 +43,8 @@ class SSLMethod(nn.Module):
     """
 
     config_cls: ClassVar[type]
+    #: Module whose ``register()`` adds this method's presets (called once by :mod:`nnssl.presets`); None: none.
+    presets_module: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1):
         super().__init__()
@@ -67,34 +73,57 @@ class SSLMethod(nn.Module):
         raise NotImplementedError
 
     def backbone(self) -> nn.Module:
-        """The network whose ``state_dict`` is saved as ``network_weights`` (keys match downstream)."""
-        raise NotImplementedError
+        """The network whose ``state_dict`` is saved as ``network_weights`` (keys match downstream).
+
+        By default the ``network`` of the method's one :class:`nnssl.backbones.Backbone` (teachers' copies aside).
+        """
+        teachers = tuple(self.teachers())
+        found = [
+            module
+            for name, module in self.named_modules()
+            if isinstance(module, Backbone) and not any(name == t or name.startswith(t + ".") for t in teachers)
+        ]
+        if len(found) != 1:
+            raise NotImplementedError(
+                f"{type(self).__name__} has {len(found)} backbone interfaces outside its teachers; override backbone() "
+                "to say which network the checkpoint stores."
+            )
+        return found[0].network
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default one group with every trainable parameter, as upstream."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
+    def teachers(self) -> dict[str, EMATeacher]:
+        """Every :class:`EMATeacher` among the submodules, by attribute path."""
+        return {name: module for name, module in self.named_modules() if isinstance(module, EMATeacher)}
+
     def on_step_end(self, step: int, max_steps: int) -> None:
-        """Called by the engine after every optimizer step (EMA teachers, schedules)."""
+        """Called by the engine after every optimizer step; updates every EMA teacher (``EMATeacher.update``)."""
+        for teacher in self.teachers().values():
+            teacher.update(step, max_steps)
 
     def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
         """Called once by the engine before training or resuming, with the length of the run in optimizer steps.
 
-        Methods with schedules of their own (DINO's teacher temperature and momentum) store it here.
+        Methods with schedules of their own (DINO's teacher temperature) store it here.
         """
 
     def ddp_ignored_prefixes(self) -> tuple[str, ...]:
-        """Attribute paths (e.g. ``("teacher",)``) whose parameters and buffers DDP must not synchronise.
+        """Attribute paths whose parameters and buffers DDP must not synchronise: every EMA teacher.
 
-        Used for EMA teachers: they receive no gradient and are updated identically on every rank, so DDP
-        must neither broadcast nor all-reduce them. A name matches a prefix ``p`` when it equals ``p`` or
-        starts with ``p + "."``.
+        Every rank applies the same EMA update to the same, already synchronised student, so DDP must neither
+        broadcast nor all-reduce a teacher. A name matches a prefix ``p`` when it equals ``p`` or starts with
+        ``p + "."``.
         """
-        return ()
+        return tuple(self.teachers())
 
     def on_pretrained_weights_loaded(self, path: str, loaded: Sequence[str], not_loaded: Sequence[str]) -> None:
         """Called by ``nnssl_train -pretrained_weights`` right after ``path`` was loaded into :meth:`backbone`.
 
-        ``loaded`` / ``not_loaded`` are the backbone keys that were / were not taken from the file. Methods with
-        an EMA teacher re-copy it here (teacher = pretrained student at step 0); others need nothing.
+        ``loaded`` / ``not_loaded`` are the backbone keys that were / were not taken from the file. Every EMA teacher
+        is re-copied from its student (teacher = pretrained student at step 0, methods.md 0.5); methods that load
+        more (AlignedMAE: the MAE decoder) extend this and call ``super()``.
         """
+        for teacher in self.teachers().values():
+            teacher.reset()

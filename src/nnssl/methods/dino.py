@@ -13,7 +13,7 @@ Total loss ``L = L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo`` with
 * "CLS" (the input of the DINO head and of KoLeo): Primus: the MEAN over the Eva output tokens (dna's Primus has
   no CLS token, and the downstream network has none either, so no CLS weights would survive pre-training);
   ResEnc: the global average pool of every encoder stage, concatenated (1120-d for ResEnc-L;
-  :func:`nnssl.methods.features.encoder_features`). KoLeo and the effective rank use this raw CLS; the DINO
+  :meth:`nnssl.backbones.Features.pooled`). KoLeo and the effective rank use this raw CLS; the DINO
   head gets it through ``cls_norm``: with ``cls_standardization="auto"`` (default) a
   :class:`nnssl.methods.dino_head.RunningStandardization` on ResEnc (per-dimension running mean/variance of the
   teacher's global-view CLS, updated after the loss in training, momentum ``cls_standardization_momentum``, shared
@@ -30,7 +30,7 @@ Total loss ``L = L_dino + ibot_weight * L_ibot + koleo_weight * L_koleo`` with
 * local crops on Primus: the learned ``pos_embed`` (sized for the global grid) is resampled trilinearly to
   the local grid and the RoPE table is rebuilt for the local grid with timm's ``ref_feat_shape`` scaling,
   so both positional encodings map the local grid onto the same normalised extent as the global one
-  (:func:`eva_forward_grid`).
+  (:meth:`nnssl.backbones.transformer.TransformerBackbone.encode`).
 
 Schedules by optimizer step: teacher temperature linear ``teacher_temp_start -> teacher_temp_end`` over
 ``teacher_temp_warmup_epochs`` epochs (epochs from ``configure_schedule``, called by the engine), EMA
@@ -48,14 +48,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.eva import Eva
-from timm.layers.pos_embed_sincos import build_rotary_pos_embed
 from torch import nn
 
 from nnssl.architectures import check_patch_size
-from nnssl.architectures.primus import flatten_tokens, run_eva_blocks, unflatten_tokens
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import build_backbone
 from nnssl.losses.dino import (
     CenteredTargets,
     dino_cross_view_loss,
@@ -66,9 +63,8 @@ from nnssl.losses.dino import (
 )
 from nnssl.methods.base import SSLMethod, StepOutput, Transform
 from nnssl.methods.dino_head import LAST_LAYER_NAME, DINOHead, RunningStandardization
-from nnssl.methods.features import encoder_features, is_token_backbone, pooled_dim
 from nnssl.methods.registry import METHODS
-from nnssl.methods.teacher import cosine_momentum, ema_update_, make_teacher
+from nnssl.methods.teacher import EMATeacher
 from nnssl.transforms.intensity import IntensityAugmentation
 from nnssl.transforms.multicrop import MultiCropTransform
 
@@ -106,68 +102,17 @@ class DINOConfig:
     cls_standardization_momentum: float = 0.9
 
 
-def resampled_pos_embed(pos_embed: torch.Tensor, build_grid: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
-    """(1, N, D) learned positional embedding of ``build_grid`` -> (1, N', D) for ``grid`` (trilinear, (w h d))."""
-    if tuple(grid) == tuple(build_grid):
-        return pos_embed
-    volume = unflatten_tokens(pos_embed, build_grid)
-    volume = F.interpolate(volume, size=tuple(int(g) for g in grid), mode="trilinear", align_corners=False)
-    return flatten_tokens(volume)
-
-
-def rope_table(eva: Eva, grid: Sequence[int]) -> torch.Tensor | None:
-    """The RoPE table (N', 2 * rope_dim) of dna's Eva for ``grid`` (``eva.rope.get_embed()`` at the build grid)."""
-    rope = eva.rope
-    if rope is None:
-        return None
-    if rope.feat_shape is not None and tuple(grid) == tuple(rope.feat_shape):
-        return rope.get_embed()
-    reference = rope.get_embed()
-    sin, cos = build_rotary_pos_embed(
-        feat_shape=[int(g) for g in grid],
-        dim=rope.dim,
-        max_res=rope.max_res,
-        temperature=rope.temperature,
-        linear_bands=rope.linear_bands,
-        in_pixels=rope.in_pixels,
-        ref_feat_shape=rope.ref_feat_shape,
-        grid_offset=getattr(rope, "grid_offset", 0.0),
-        grid_indexing=getattr(rope, "grid_indexing", "ij"),
-        device=reference.device,
-        dtype=reference.dtype,
-    )
-    return torch.cat([sin, cos], dim=-1)
-
-
-def eva_forward_grid(eva: Eva, tokens: torch.Tensor, grid: Sequence[int], build_grid: Sequence[int]) -> torch.Tensor:
-    """Run dna's Eva on all (B, N, D) tokens of ``grid`` (possibly smaller than the ``build_grid`` it was built for).
-
-    ``pos_embed`` is resampled (:func:`resampled_pos_embed`) and RoPE rebuilt (:func:`rope_table`) for ``grid``;
-    at the build grid this equals ``eva(tokens)[0]``.
-    """
-    if eva.num_prefix_tokens:
-        raise ValueError("eva_forward_grid does not support register/prefix tokens (num_reg_tokens must be 0).")
-    x = tokens
-    if eva.pos_embed is not None:
-        x = x + resampled_pos_embed(eva.pos_embed, build_grid, grid).to(x.dtype)
-    x = eva.pos_drop(x)
-    rope = rope_table(eva, grid)
-    return run_eva_blocks(eva, x, rope)
-
-
-def random_token_mask(
+def ibot_mask_counts(
     batch: int, num_tokens: int, ratio_range: Sequence[float], sample_probability: float, device: torch.device
 ) -> torch.Tensor:
-    """(B, N) bool iBOT mask: each image with ``sample_probability`` gets ``max(1, floor(r N))`` random tokens,
+    """(B,) masked-token counts for iBOT: each image with ``sample_probability`` gets ``max(1, floor(r N))`` tokens,
     ``r ~ U(ratio_range)``; the other images get none."""
     low, high = float(ratio_range[0]), float(ratio_range[1])
     if not 0.0 <= low <= high < 1.0:
         raise ValueError(f"method.ibot_mask_ratio must satisfy 0 <= low <= high < 1, got ({low}, {high}).")
     selected = torch.rand(batch, device=device) < sample_probability
     ratios = low + (high - low) * torch.rand(batch, device=device)
-    counts = torch.clamp(torch.floor(ratios * num_tokens), min=1).long() * selected.long()
-    ranks = torch.argsort(torch.rand(batch, num_tokens, device=device), dim=1).argsort(dim=1)
-    return ranks < counts.unsqueeze(1)
+    return torch.clamp(torch.floor(ratios * num_tokens), min=1).long() * selected.long()
 
 
 @METHODS.register("DINO")
@@ -175,6 +120,7 @@ class DINO(SSLMethod):
     """DINOv2-style self-distillation; ``backbone()`` is the downstream network (dna Primus or ResEnc U-Net)."""
 
     config_cls = DINOConfig
+    presets_module = "nnssl.presets.dino"
 
     def __init__(
         self, cfg: DINOConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
@@ -191,20 +137,17 @@ class DINO(SSLMethod):
                 )
         if cfg.centering not in ("mean", "sinkhorn"):
             raise ValueError(f"method.centering must be 'mean' or 'sinkhorn', got '{cfg.centering}'.")
-        self.token_backbone = is_token_backbone(arch)
         self.use_ibot = bool(cfg.ibot)
-        # An image batch may have no masked token (iBOT head and mask token then get no gradient).
-        self.ddp_find_unused_parameters = self.use_ibot
-        if self.use_ibot and not self.token_backbone:
+        net = build_backbone(arch, in_channels, self.global_size)
+        if self.use_ibot and not net.has_patch_tokens:
             raise ValueError(
-                f"iBOT needs patch tokens; {arch.name} is a CNN and has none. Use --set method.ibot=false "
+                f"iBOT needs patch tokens; {arch.name} ({net.family}) has none. Use --set method.ibot=false "
                 "(ResEnc presets train DINO + KoLeo only)."
             )
-        backbone = arch.build(in_channels, in_channels, self.global_size)
-        feature_dim = pooled_dim(arch, backbone)
+        feature_dim = net.feature_dim
         student = nn.ModuleDict(
             {
-                "backbone": backbone,
+                "backbone": net,
                 "dino_head": DINOHead(feature_dim, cfg.num_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim),
             }
         )
@@ -212,20 +155,20 @@ class DINO(SSLMethod):
             student["ibot_head"] = DINOHead(
                 feature_dim, cfg.num_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim
             )
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, feature_dim))
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
+            net.add_mask_token(std=0.02, truncated=True)
         self.student = student
         standardize = cfg.cls_standardization
         if standardize not in ("auto", "running", "none"):
             raise ValueError(
                 f"method.cls_standardization must be 'auto', 'running' or 'none', got '{standardize}' "
-                "('auto' = running standardisation on ResEnc, none on Primus)."
+                "('auto' = running standardisation where the backbone's pooled features barely vary between "
+                "samples (CNNs), none otherwise)."
             )
-        if standardize == "running" or (standardize == "auto" and not self.token_backbone):
+        if standardize == "running" or (standardize == "auto" and net.pooled_needs_standardization):
             self.cls_norm: nn.Module = RunningStandardization(feature_dim, cfg.cls_standardization_momentum)
         else:
             self.cls_norm = nn.Identity()
-        self.teacher = make_teacher(student)
+        self.teacher = EMATeacher(student, cfg.momentum_start, final_momentum=1.0)
         self.dino_targets = CenteredTargets(
             cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
         )
@@ -235,39 +178,20 @@ class DINO(SSLMethod):
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch: int | None = None
         self.total_steps: int | None = None
-        self.build_grid = tuple(s // int(arch.token_size or 1) for s in self.global_size)
-        if not self.token_backbone:
-            logger.info("DINO on %s: no iBOT term (CNN backbone, no patch tokens); DINO + KoLeo only.", arch.name)
+        if not self.use_ibot:
+            logger.info("DINO on %s: no iBOT term; DINO + KoLeo only.", arch.name)
 
     # ------------------------------------------------------------------ engine hooks
     def network_patch_size(self) -> tuple[int, ...]:
         return self.global_size
 
-    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
-        return ("teacher",)
-
-    def train(self, mode: bool = True) -> DINO:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def backbone(self) -> nn.Module:
-        return self.student["backbone"]
-
     def configure_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
-        """Called by the engine before training (and before a resume): epoch length, total optimizer steps.
-
-        At step 0 the teacher is re-copied from the student, so pretrained weights loaded into the backbone after
-        construction reach the teacher too (methods.md 0.5: teacher initialised after loading).
-        """
+        """Called by the engine before training (and before a resume): epoch length, total optimizer steps."""
         self.steps_per_epoch = int(steps_per_epoch)
         self.total_steps = int(total_steps)
-        if int(self.step_count) == 0:
-            self.teacher.load_state_dict(self.student.state_dict())
 
     def on_step_end(self, step: int, max_steps: int) -> None:
-        momentum = cosine_momentum(step, max_steps, self.cfg.momentum_start)
-        ema_update_(self.teacher, self.student, momentum)
+        super().on_step_end(step, max_steps)
         self.step_count.fill_(step + 1)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
@@ -279,7 +203,7 @@ class DINO(SSLMethod):
                 continue
             if f".{LAST_LAYER_NAME}." in f".{name}":
                 last.append(param)
-            elif param.ndim <= 1 or name.endswith("pos_embed") or name == "mask_token":
+            elif param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")):
                 no_decay.append(param)
             else:
                 decay.append(param)
@@ -316,22 +240,6 @@ class DINO(SSLMethod):
         fraction = min(epoch / cfg.teacher_temp_warmup_epochs, 1.0)
         return float(cfg.teacher_temp_start + (cfg.teacher_temp_end - cfg.teacher_temp_start) * fraction)
 
-    # ------------------------------------------------------------------ features
-    def _features(
-        self, modules: nn.ModuleDict, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(CLS (B, D), tokens (B, N, D) or None) of ``x`` for the student or teacher ``modules``."""
-        backbone = modules["backbone"]
-        if not self.token_backbone:
-            return encoder_features(backbone, self.arch, x).pooled, None
-        embedded = backbone.down_projection(x)
-        grid = tuple(int(g) for g in embedded.shape[2:])
-        tokens = flatten_tokens(embedded)
-        if mask is not None:
-            tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        out = eva_forward_grid(backbone.eva, tokens, grid, self.build_grid)
-        return out.mean(dim=1), out
-
     # ------------------------------------------------------------------ step
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         cfg = self.cfg
@@ -344,20 +252,27 @@ class DINO(SSLMethod):
         k = cfg.num_prototypes
 
         with torch.no_grad():
-            t_cls, t_tokens = self._features(self.teacher, globals_flat)
+            t_features = self.teacher["backbone"].encode(globals_flat)
+            t_cls = t_features.pooled()
             t_logits = self.teacher["dino_head"](self.cls_norm(t_cls)).float()
             t_probs = self.dino_targets.targets(t_logits, temp)
 
+        net = self.student["backbone"]
         mask = None
         if self.use_ibot:
-            mask = random_token_mask(
-                n_global * b, t_tokens.shape[1], cfg.ibot_mask_ratio, cfg.ibot_sample_probability, glob.device
+            grid = net.unit_grid(self.global_size, 1)
+            counts = ibot_mask_counts(
+                n_global * b, grid[0] * grid[1] * grid[2], cfg.ibot_mask_ratio, cfg.ibot_sample_probability, glob.device
             )
-        s_cls_global, s_tokens = self._features(self.student, globals_flat, mask)
+            mask = net.draw_mask(
+                n_global * b, block_size=1, counts=counts, input_size=self.global_size, device=glob.device
+            )
+        s_features = net.encode(globals_flat, mask)
+        s_cls_global = s_features.pooled()
         s_cls = [s_cls_global]
         if n_local:
             locals_flat = locals_.transpose(0, 1).reshape(n_local * b, *locals_.shape[2:])
-            s_cls.append(self._features(self.student, locals_flat)[0])
+            s_cls.append(net.encode(locals_flat).pooled())
         s_cls_all = torch.cat(s_cls, dim=0)
         s_logits = self.student["dino_head"](self.cls_norm(s_cls_all)).float()
 
@@ -382,13 +297,13 @@ class DINO(SSLMethod):
         if self.use_ibot and mask is not None:
             # Every rank runs the same collectives (centre/Sinkhorn all-reduces), even with no masked token.
             with torch.no_grad():
-                ibot_logits_t = self.teacher["ibot_head"](t_tokens[mask]).float()
+                ibot_logits_t = self.teacher["ibot_head"](t_features.tokens()[mask.masked]).float()
                 ibot_probs = self.ibot_targets.targets(ibot_logits_t, temp)
-            s_patch = self.student["ibot_head"](s_tokens[mask]).float()
-            ibot = ibot_masked_loss(s_patch, ibot_probs, mask, cfg.student_temp) + 0.0 * s_patch.sum()
+            s_patch = self.student["ibot_head"](s_features.tokens()[mask.masked]).float()
+            ibot = ibot_masked_loss(s_patch, ibot_probs, mask.masked, cfg.student_temp) + 0.0 * s_patch.sum()
             loss = loss + cfg.ibot_weight * ibot
             metrics["ibot"] = float(ibot.detach())
-            metrics["ibot_masked_fraction"] = float(mask.float().mean())
+            metrics["ibot_masked_fraction"] = float(mask.masked.float().mean())
             if ibot_probs.shape[0]:
                 metrics["ibot_teacher_entropy"] = teacher_entropy_ratio(ibot_probs)
 

@@ -16,6 +16,11 @@ Normalisations:
 Linear weights are truncated-normal (std 0.02, cut at +-2 std), biases 0 (CVA/DINO heads).
 :class:`PredictorHead` is BYOL's predictor: Linear, BatchNorm1d, SiLU, Linear.
 Inputs may have any leading shape (..., in_dim); they are flattened to rows for the normalisation.
+
+Global pooling of backbone features (:func:`make_global_pool`): ``"mean"`` is
+:meth:`nnssl.backbones.Features.pooled` (the mean of every map, concatenated); ``"attention"`` weighs the dense
+positions (:meth:`~nnssl.backbones.Features.tokens`) by ``softmax_n(w . f_n + b)`` and sums them, in fp32 (CVA's
+Primus head).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnssl.backbones import Features
+
 NORMS = ("batch_no_stats", "batch", "feature", None)
+GLOBAL_POOLS = ("mean", "attention")
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -115,3 +123,32 @@ class PredictorHead(_RowMLP):
         )
         self.out_dim = out_dim
         init_linear_(self)
+
+
+class MeanPool(nn.Module):
+    """``Features -> (B, C)``: the mean of every feature map, concatenated."""
+
+    def forward(self, features: Features) -> torch.Tensor:
+        return features.pooled()
+
+
+class AttentionPool(nn.Module):
+    """``Features -> (B, C)``: ``sum_n softmax_n(score(f_n)) f_n`` over the dense positions, in fp32."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, features: Features) -> torch.Tensor:
+        tokens = features.tokens()
+        weights = torch.softmax(self.score(tokens).float(), dim=1)
+        return (weights * tokens.float()).sum(dim=1)
+
+
+def make_global_pool(kind: str, dim: int) -> nn.Module:
+    """The global pooling named ``kind`` (``"mean"`` or ``"attention"``) for ``dim``-channel features."""
+    if kind == "mean":
+        return MeanPool()
+    if kind == "attention":
+        return AttentionPool(dim)
+    raise ValueError(f"Unknown global pooling '{kind}'; use one of {GLOBAL_POOLS}.")

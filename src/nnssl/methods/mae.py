@@ -1,19 +1,17 @@
-"""MAE: masked autoencoding for 3D volumes, on ResEnc (voxel blocks) and Primus (token dropping).
+"""MAE: masked autoencoding for 3D volumes on any backbone family.
 
 He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"; nnssl's 3D variants from Wald et al. 2025,
-"An OpenMind for 3D medical vision self-supervised learning" (upstream ``BaseMAETrainer`` and
-``BaseEvaMAETrainer``).
+"An OpenMind for 3D medical vision self-supervised learning" (upstream ``BaseMAETrainer`` on ResEnc-L and
+``BaseEvaMAETrainer`` on Primus-M).
 
-* CNN (``token_masking=False``, e.g. ResEncL): per sample exactly ``floor(r * n_blocks)`` cubes of
-  ``block_size``^3 voxels are zeroed (methods.md 0.3); the full U-Net (out_channels = in_channels)
-  reconstructs the input.
-* Transformer (``token_masking=True``, e.g. PrimusM): per sample exactly ``n_keep = N - floor(r * N)`` tokens
-  enter the encoder; a light decoder sees them plus a learned mask token at the dropped positions
-  (:class:`nnssl.methods.primus_mae_network.PrimusMAENetwork`).
+Per sample exactly ``floor(r * n)`` mask units are hidden (:meth:`nnssl.backbones.Backbone.draw_mask`: cubes of
+``block_size``^3 voxels on CNNs, zeroed, methods.md 0.3; whole tokens on transformers, dropped from the encoder and
+replaced by a learned mask token before a light decoder) and the backbone reconstructs the full input
+(:meth:`~nnssl.backbones.Backbone.reconstruct`).
 
-Loss (both): ``L = sum((xhat - x)^2 * M) / sum(M)`` with ``M = 1`` on masked voxels, in fp32 on the z-scored
-intensities (:func:`nnssl.losses.reconstruction.masked_mse`). Masks are drawn with torch's generator on the
-batch's device.
+Loss: ``L = sum((xhat - x)^2 * M) / sum(M)`` with ``M = 1`` on masked voxels (the mask's own
+:meth:`~nnssl.transforms.masking.UnitMask.voxels`), in fp32 on the z-scored intensities
+(:func:`nnssl.losses.reconstruction.masked_mse`). Masks are drawn with torch's generator on the batch's device.
 """
 
 from __future__ import annotations
@@ -21,24 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from nnssl.architectures import check_patch_size
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import build_backbone
 from nnssl.losses.reconstruction import masked_mse
 from nnssl.methods.base import SSLMethod, StepOutput
-from nnssl.methods.primus_mae_network import PrimusMAENetwork
 from nnssl.methods.registry import METHODS
-from nnssl.transforms.masking import blocky_mask, random_keep_indices
 
 
 @dataclass
 class MAEConfig:
     """MAE hyper-parameters (upstream defaults).
 
-    ``block_size`` is the side of the masked voxel cubes for CNNs (16); token-masking architectures mask whole
-    tokens (8^3 for Primus) and ignore it. ``decoder_depth`` is the number of Eva blocks of the Primus MAE
-    decoder (2). ``mask_token_std`` initialises the Primus mask token. With ``ignore_anonymized`` the loss
+    ``block_size`` is the side of the masked voxel cubes for voxel-masking backbones (16); transformers mask whole
+    tokens (8^3 for Primus) and ignore it. ``decoder_depth`` is the number of Eva blocks of the transformer's light
+    decoder (2). ``mask_token_std`` initialises the transformer's mask token. With ``ignore_anonymized`` the loss
     also skips voxels whose anonymization mask is 1 (removed by defacing) when the batch carries that mask.
     """
 
@@ -54,39 +49,28 @@ class MAE(SSLMethod):
     """Masked autoencoder; ``backbone()`` is the downstream network (ResidualEncoderUNet or dna Primus)."""
 
     config_cls = MAEConfig
+    presets_module = "nnssl.presets.mae"
 
     def __init__(
         self, cfg: MAEConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
     ) -> None:
         super().__init__(cfg, arch, patch_size, in_channels)
-        sizes = check_patch_size(arch, patch_size)
-        network = arch.build(in_channels, in_channels, sizes)
-        self.token_masking = bool(arch.token_masking)
-        if self.token_masking:
-            self.network: nn.Module = PrimusMAENetwork(network, sizes, cfg.decoder_depth, cfg.mask_token_std)
-        else:
-            if any(p % cfg.block_size for p in sizes):
-                raise ValueError(
-                    f"MAE block_size {cfg.block_size} must divide the patch size {list(sizes)}; "
-                    "set method.block_size (16 for 160^3) or train.patch_size."
-                )
-            self.network = network
-
-    def backbone(self) -> nn.Module:
-        return self.network.backbone if self.token_masking else self.network
+        self.net = build_backbone(
+            arch,
+            in_channels,
+            patch_size,
+            reconstruction=True,
+            decoder_depth=cfg.decoder_depth,
+            mask_token_std=cfg.mask_token_std,
+        )
+        self.net.unit_grid(self.patch_size, cfg.block_size)  # the mask units must tile the patch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         x = batch["image"]
-        if self.token_masking:
-            keep = random_keep_indices(x.shape[0], self.network.num_tokens, self.cfg.mask_ratio, device=x.device)
-            prediction = self.network(x, keep)
-            mask = self.network.masked_voxels(keep)
-        else:
-            mask = blocky_mask(x.shape[0], x.shape[2:], self.cfg.block_size, self.cfg.mask_ratio, device=x.device)
-            prediction = self.network(x * (1.0 - mask).to(x.dtype))
-            if isinstance(prediction, (list, tuple)):
-                prediction = prediction[0]
+        mask = self.net.draw_mask(x.shape[0], self.cfg.mask_ratio, self.cfg.block_size, device=x.device)
+        prediction = self.net.reconstruct(x, mask).prediction
+        voxels = mask.voxels()
         if self.cfg.ignore_anonymized and "anonymization_mask" in batch:
-            mask = mask * (1.0 - batch["anonymization_mask"].to(torch.float32))
-        loss = masked_mse(prediction, x, mask)
-        return StepOutput(loss=loss, metrics={"masked_fraction": float(mask.mean().detach())})
+            voxels = voxels * (1.0 - batch["anonymization_mask"].to(torch.float32))
+        loss = masked_mse(prediction, x, voxels)
+        return StepOutput(loss=loss, metrics={"masked_fraction": float(voxels.mean().detach())})

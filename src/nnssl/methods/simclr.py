@@ -10,9 +10,9 @@ least ``min_overlap`` of the crop on every axis). Every crop is augmented indepe
 every axis, a random number of quarter turns in the plane of array axes (0, 1) when that plane is square,
 and the intensity augmentations of :class:`nnssl.transforms.intensity.IntensityAugmentation`.
 
-Network: the downstream backbone (ResEnc U-Net or Primus, built for ``crop_size``) -> encoder features
-(:func:`nnssl.methods.features.encoder_features`: multi-stage GAP, 1120-d on ResEnc-L; mean token on
-Primus) -> :class:`~nnssl.methods.heads.ProjectionHead` (3 layers, 2048 hidden/out, per-vector "feature"
+Network: the backbone interface built for ``crop_size`` -> pooled encoder features
+(:meth:`nnssl.backbones.Features.pooled`: multi-stage GAP, 1120-d on ResEnc-L; mean token on Primus) ->
+:class:`~nnssl.methods.heads.ProjectionHead` (3 layers, 2048 hidden/out, per-vector "feature"
 normalisation and ReLU as upstream's VoCo/SimCLR head).
 
 Loss: plain NT-Xent (:func:`nnssl.losses.contrastive.nt_xent`, tau = 0.5) with the N = images x
@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from nnssl.architectures import check_patch_size
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import build_backbone
 from nnssl.losses.contrastive import nt_xent
 from nnssl.methods.base import Sample, SSLMethod, StepOutput, Transform
-from nnssl.methods.features import encoder_features, pooled_dim
 from nnssl.methods.heads import ProjectionHead
 from nnssl.methods.registry import METHODS
 from nnssl.transforms.intensity import IntensityAugmentation
@@ -91,6 +90,7 @@ class SimCLR(SSLMethod):
     """SimCLR; ``backbone()`` is the downstream network built for ``crop_size``."""
 
     config_cls = SimCLRConfig
+    presets_module = "nnssl.presets.contrastive"
 
     def __init__(
         self, cfg: SimCLRConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
@@ -107,16 +107,13 @@ class SimCLR(SSLMethod):
                 "raise train.patch_size or lower method.crop_size."
             )
         self.crop_size = crop_size
-        self.network = arch.build(in_channels, in_channels, crop_size)
+        self.net = build_backbone(arch, in_channels, crop_size)
         self.projector = ProjectionHead(
-            pooled_dim(arch, self.network), cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act
+            self.net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act
         )
 
     def network_patch_size(self) -> tuple[int, ...]:
         return self.crop_size
-
-    def backbone(self) -> nn.Module:
-        return self.network
 
     def train_transform(self) -> Transform:
         return PairedCropTransform(self.cfg, augment=self.cfg.augment)
@@ -126,7 +123,7 @@ class SimCLR(SSLMethod):
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(M, C, *crop) views -> (M, out_dim) projections."""
-        return self.projector(encoder_features(self.network, self.arch, views).pooled)
+        return self.projector(self.net.encode(views).pooled())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         views = batch["views"]

@@ -9,7 +9,7 @@ random positions inside the patch. The label ``y_tb = |target_t ∩ base_b| / |c
 crop is augmented independently (mirror, rot90 in the plane of array axes (0, 1), intensity
 augmentations); the labels depend only on the positions.
 
-Embeddings: downstream backbone's encoder -> pooled features (multi-stage GAP on ResEnc, mean token on
+Embeddings: the backbone interface's pooled encoder features (multi-stage GAP on ResEnc, mean token on
 Primus) -> :class:`~nnssl.methods.heads.ProjectionHead` (2048, "feature" norm, ReLU as upstream).
 
 Why a teacher (upstream issue #22, "VoCo loss does not decrease"): upstream computes every embedding with
@@ -18,8 +18,9 @@ compared with move with each step, and the regulariser pushes exactly those base
 (Luffy03/VoCo ``VoCoHead``) keeps a momentum teacher: the student embeds all crops, an EMA copy embeds all
 crops without gradient, and the similarities are ``s = (ReLU cos(e_t^S, e_b^T) + ReLU cos(e_t^T, e_b^S)) / 2``
 with the regulariser on the student's bases. We do the same: ``theta_T <- m theta_T + (1 - m) theta_S``
-after every optimizer step (``teacher_momentum``, constant; the VoCo code uses 0.9), teacher out of DDP and
-in eval mode. ``symmetric=False`` keeps only the first term (targets from the student, bases from the
+after every optimizer step (``teacher_momentum``, constant; the VoCo code uses 0.9;
+:class:`nnssl.methods.teacher.EMATeacher`: out of DDP, in eval mode, re-copied after ``-pretrained_weights``).
+``symmetric=False`` keeps only the first term (targets from the student, bases from the
 teacher). Loss ``L = w_pos L_pos + w_neg L_neg + w_reg L_reg`` (1, 1, 1).
 """
 
@@ -33,12 +34,12 @@ from torch import nn
 
 from nnssl.architectures import check_patch_size
 from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones import build_backbone
 from nnssl.losses.voco import relu_cosine, voco_prediction_losses, voco_regularization
 from nnssl.methods.base import Sample, SSLMethod, StepOutput, Transform
-from nnssl.methods.features import encoder_features, pooled_dim
 from nnssl.methods.heads import ProjectionHead
 from nnssl.methods.registry import METHODS
-from nnssl.methods.teacher import ema_update_, make_teacher
+from nnssl.methods.teacher import EMATeacher
 from nnssl.transforms.intensity import IntensityAugmentation
 from nnssl.transforms.views import crop, grid_starts, overlap_fraction_matrix, random_crop_start, random_mirror_rot90
 
@@ -100,6 +101,7 @@ class VoCo(SSLMethod):
     """VoCo with an EMA teacher; ``backbone()`` is the student's downstream network built for ``crop_size``."""
 
     config_cls = VoCoConfig
+    presets_module = "nnssl.presets.contrastive"
 
     def __init__(
         self, cfg: VoCoConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1
@@ -119,26 +121,13 @@ class VoCo(SSLMethod):
         self.num_bases = int(np.prod([p // c for p, c in zip(self.patch_size, crop_size)]))
         if self.num_bases < 2:
             raise ValueError("VoCo needs at least 2 base crops: make train.patch_size larger than method.crop_size.")
-        network = arch.build(in_channels, in_channels, crop_size)
-        projector = ProjectionHead(
-            pooled_dim(arch, network), cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act
-        )
-        self.student = nn.ModuleDict({"network": network, "projector": projector})
-        self.teacher = make_teacher(self.student)
+        net = build_backbone(arch, in_channels, crop_size)
+        projector = ProjectionHead(net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act)
+        self.student = nn.ModuleDict({"net": net, "projector": projector})
+        self.teacher = EMATeacher(self.student, cfg.teacher_momentum)
 
     def network_patch_size(self) -> tuple[int, ...]:
         return self.crop_size
-
-    def backbone(self) -> nn.Module:
-        return self.student["network"]
-
-    def ddp_ignored_prefixes(self) -> tuple[str, ...]:
-        return ("teacher",)
-
-    def train(self, mode: bool = True) -> VoCo:
-        super().train(mode)
-        self.teacher.eval()
-        return self
 
     def train_transform(self) -> Transform:
         return VoCoTransform(self.cfg, self.patch_size, augment=self.cfg.augment)
@@ -147,10 +136,7 @@ class VoCo(SSLMethod):
         return VoCoTransform(self.cfg, self.patch_size, augment=False)
 
     def _embed(self, modules: nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
-        return modules["projector"](encoder_features(modules["network"], self.arch, views).pooled)
-
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        ema_update_(self.teacher, self.student, self.cfg.teacher_momentum)
+        return modules["projector"](modules["net"].encode(views).pooled())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         views, overlap = batch["views"], batch["overlap"]

@@ -1,17 +1,25 @@
-"""Random masks for masked image modelling, drawn on the device with torch's generator.
+"""The one random-mask utility of masked image modelling: mask ratio (or counts) in, mask and keep indices out.
 
-Blocky voxel mask (MAE on CNNs, SparK, SimMIM; methods.md 0.3): the patch is divided into cubes of side ``s``
-and, per sample, exactly ``floor(r * n_cubes)`` cubes are chosen uniformly without replacement and masked.
-Token dropping (MAE on Primus): per sample exactly ``n_keep = n_tokens - floor(r * n_tokens)`` tokens are kept.
+A patch is divided into **units** on a grid: cubes of ``unit_size``^3 voxels (voxel blocks on CNNs, methods.md 0.3;
+tokens on transformers, whose unit is the patch-embedding size). Per sample exactly ``n_masked`` units are chosen
+uniformly without replacement (``n_masked = floor(r * n_units)`` from a mask ratio ``r``, or a count per sample):
+the ``n_masked`` units with the lowest draw of ``torch.rand(B, n_units)`` are masked. The result,
+:class:`UnitMask`, gives every form a method or a backbone needs from the same draw:
 
-Masks are drawn with torch's random generator of the device (or an explicit ``generator``), so seeding torch
-(as the engine does for validation) fixes them.
+* ``masked`` (B, n) bool, True = masked, units in C order of the grid (first axis slowest; the (w h d) token order
+  of dna's Primus);
+* :meth:`UnitMask.voxels`: (B, 1, X, Y, Z) float, 1 on masked voxels (the loss mask);
+* :meth:`UnitMask.keep_indices`: (B, K) sorted indices of the visible units (token dropping).
+
+Masks are drawn with torch's generator of the device (or an explicit ``generator``), so seeding torch (as the
+engine does for validation) fixes them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +32,7 @@ def num_masked(n: int, ratio: float) -> int:
 
 
 def block_grid(patch_size: Sequence[int], block_size: int) -> tuple[int, int, int]:
-    """Number of cubes per axis; every patch side must be a multiple of ``block_size``."""
+    """Number of units per axis; every patch side must be a multiple of ``block_size``."""
     if any(int(p) % block_size for p in patch_size):
         raise ValueError(
             f"Patch size {list(patch_size)} is not divisible by the mask block size {block_size}; "
@@ -33,47 +41,61 @@ def block_grid(patch_size: Sequence[int], block_size: int) -> tuple[int, int, in
     return tuple(int(p) // block_size for p in patch_size)  # type: ignore[return-value]
 
 
-def random_subset_mask(
+@dataclass(frozen=True)
+class UnitMask:
+    """Masked units of a batch: ``masked`` (B, n) bool on ``grid`` (units of ``unit_size``^3 voxels)."""
+
+    masked: torch.Tensor
+    grid: tuple[int, int, int]
+    unit_size: int
+
+    @property
+    def num_units(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def voxels(self) -> torch.Tensor:
+        """(B, 1, X, Y, Z) float32, 1 on the voxels of masked units (every unit fills its cube)."""
+        b = self.masked.shape[0]
+        mask = self.masked.view(b, 1, *self.grid).to(torch.float32)
+        for axis in (2, 3, 4):
+            mask = mask.repeat_interleave(self.unit_size, dim=axis)
+        return mask
+
+    def keep_indices(self) -> torch.Tensor:
+        """(B, K) sorted indices of the visible units; every sample must keep the same number K."""
+        keep = ~self.masked
+        counts = keep.sum(dim=1)
+        if counts.numel() and not bool((counts == counts[0]).all()):
+            raise ValueError(f"keep_indices needs the same number of visible units per sample, got {counts.tolist()}.")
+        k = int(counts[0]) if counts.numel() else 0
+        # stable sort of (masked first = 0 visible) puts visible units last in index order
+        order = torch.argsort(keep.to(torch.int8), dim=1, stable=True)
+        return order[:, self.num_units - k :]
+
+
+def draw_unit_mask(
     batch_size: int,
-    n: int,
-    n_selected: int,
+    grid: Sequence[int],
+    unit_size: int,
+    mask_ratio: float | None = None,
+    counts: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """(B, n) bool with exactly ``n_selected`` True entries per row, uniformly at random."""
+) -> UnitMask:
+    """Mask exactly ``floor(mask_ratio * n)`` units per sample (or ``counts[b]`` units of sample ``b``).
+
+    Give either ``mask_ratio`` (in [0, 1)) or ``counts`` (a (B,) integer tensor, values in [0, n]).
+    """
+    grid = tuple(int(g) for g in grid)
+    n = grid[0] * grid[1] * grid[2]
+    if (mask_ratio is None) == (counts is None):
+        raise ValueError("draw_unit_mask needs exactly one of mask_ratio and counts.")
     noise = torch.rand(batch_size, n, device=device, generator=generator)
-    order = noise.argsort(dim=1)
-    mask = torch.zeros(batch_size, n, dtype=torch.bool, device=noise.device)
-    mask.scatter_(1, order[:, :n_selected], True)
-    return mask
-
-
-def blocky_mask(
-    batch_size: int,
-    patch_size: Sequence[int],
-    block_size: int,
-    mask_ratio: float,
-    device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """(B, 1, X, Y, Z) float mask, 1 on masked voxels: exactly ``floor(r * n_blocks)`` cubes per sample."""
-    grid = block_grid(patch_size, block_size)
-    n_blocks = grid[0] * grid[1] * grid[2]
-    masked = random_subset_mask(batch_size, n_blocks, num_masked(n_blocks, mask_ratio), device, generator)
-    mask = masked.view(batch_size, 1, *grid).to(torch.float32)
-    for axis in (2, 3, 4):
-        mask = mask.repeat_interleave(block_size, dim=axis)
-    return mask
-
-
-def random_keep_indices(
-    batch_size: int,
-    num_tokens: int,
-    mask_ratio: float,
-    device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """(B, n_keep) sorted indices of kept tokens, ``n_keep = num_tokens - floor(r * num_tokens)`` per sample."""
-    n_keep = num_tokens - num_masked(num_tokens, mask_ratio)
-    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
-    return noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
+    if counts is None:
+        selected = torch.full((batch_size, 1), num_masked(n, float(mask_ratio)), device=noise.device)
+    else:
+        selected = counts.to(noise.device).long().reshape(batch_size, 1)
+        if bool((selected < 0).any()) or bool((selected > n).any()):
+            raise ValueError(f"Mask counts must lie in [0, {n}], got {selected.flatten().tolist()}.")
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return UnitMask(masked=ranks < selected, grid=grid, unit_size=int(unit_size))  # type: ignore[arg-type]

@@ -1,0 +1,186 @@
+"""The backbone interface: what a pre-training method may ask of an architecture family (DESIGN decision 9).
+
+A method never looks inside a network. It builds a :class:`Backbone` with :func:`nnssl.backbones.build_backbone`
+(the family comes from the architecture registry) and calls:
+
+* :meth:`Backbone.encode` -> :class:`Features`: multi-scale feature maps (ResEnc: every encoder stage; Primus: the
+  token grid as a (B, D, W, H, D) map), with :meth:`Features.pooled` (global embedding: the mean of every map,
+  concatenated), :meth:`Features.dense` (one map on a common grid) and :meth:`Features.tokens` (the dense map as
+  (B, N, C) rows in C order of the grid);
+* :meth:`Backbone.draw_mask` -> :class:`nnssl.transforms.masking.UnitMask`: masked units in the family's own unit
+  (voxel blocks of the method's ``block_size`` on CNNs, whole tokens on transformers), with the exact voxel mask
+  the loss must use (:meth:`UnitMask.voxels`);
+* ``encode(x, mask)``: the masked input seen the family's way when every unit must stay in place: CNN: masked
+  voxels zeroed (or replaced by a learned per-channel value after :meth:`Backbone.add_mask_token`); transformer:
+  masked tokens replaced by a learned mask token right after the patch embedding (:meth:`add_mask_token` first);
+* :meth:`Backbone.reconstruct` -> :class:`Reconstruction`: full-resolution output from the masked input for
+  reconstruction methods (CNN: zeroed voxels through the U-Net; transformer: masked tokens dropped from the
+  encoder, a learned mask token in their place, a light Eva decoder and the backbone's ``PatchDecode``), plus
+  the features of the masked input (CNN: encoder stages; transformer: the full token grid with mask tokens);
+* :meth:`Backbone.context_decoder`: a module that lets masked units see their context before dense heads
+  (transformer: Eva blocks over all tokens; CNN: the identity, its features already come from convolutions);
+* :attr:`Backbone.network` (the downstream network, what ``SSLMethod.backbone()`` returns and the checkpoint
+  stores as ``network_weights``), :attr:`Backbone.input_size` (what the network was built for) and
+  :attr:`Backbone.feature_dim` (channels of ``pooled``/``dense``).
+
+Parameters a method never uses are not trainable: unless reconstruction is asked for at build time, the
+network's decoder (U-Net decoder / ``PatchDecode``) is frozen; the U-Net's deep-supervision heads are always
+frozen (only the full-resolution head is used). The engine checks after the first step that every trainable
+parameter received a gradient (DDP without ``find_unused_parameters``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnssl.architectures.primus import flatten_tokens
+from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.transforms.masking import UnitMask, draw_unit_mask
+
+
+@dataclass
+class Features:
+    """Encoder features: ``maps`` (B, C_s, *grid_s), finest first; ``native_grid`` the default dense grid."""
+
+    maps: list[torch.Tensor]
+    native_grid: tuple[int, int, int]
+
+    def pooled(self) -> torch.Tensor:
+        """(B, sum C_s): the mean of every map over its grid, concatenated (1120-d on ResEnc-L, D on Primus)."""
+        return torch.cat([m.mean(dim=(2, 3, 4)) for m in self.maps], dim=1)
+
+    def dense(self, grid: Sequence[int] | int | None = None) -> torch.Tensor:
+        """(B, sum C_s, *grid): every map adaptively average-pooled to ``grid`` (default the native grid), concatenated.
+
+        Maps already on ``grid`` are used as they are; coarser maps are repeated (adaptive pooling up-samples by
+        repetition).
+        """
+        size = self.native_grid if grid is None else ((int(grid),) * 3 if isinstance(grid, int) else tuple(grid))
+        size = tuple(int(s) for s in size)
+        parts = [m if tuple(m.shape[2:]) == size else F.adaptive_avg_pool3d(m, size) for m in self.maps]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def tokens(self, grid: Sequence[int] | int | None = None) -> torch.Tensor:
+        """(B, N, C): :meth:`dense` as rows in C order of the grid ((w h d), dna's token order)."""
+        return flatten_tokens(self.dense(grid))
+
+
+@dataclass
+class Reconstruction:
+    """``prediction`` (B, C, X, Y, Z) from the masked input and the ``features`` of that masked input."""
+
+    prediction: torch.Tensor
+    features: Features
+
+
+class Backbone(nn.Module):
+    """Base class of the family interfaces (see the module docstring); ``network`` is the downstream network."""
+
+    family: ClassVar[str]
+    #: Whether :meth:`Features.tokens` at the native grid are patch tokens the encoder computed one by one (iBOT).
+    has_patch_tokens: ClassVar[bool] = False
+    #: Whether pooled features vary so little between samples that heads need them standardised (DINO's CLS on
+    #: instance-normalised CNN stages: ~4% between-sample spread on the demo data, documentation/dino.md).
+    pooled_needs_standardization: ClassVar[bool] = False
+
+    def __init__(
+        self, arch: ArchitectureSpec, in_channels: int, input_size: Sequence[int], reconstruction: bool = False
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.in_channels = int(in_channels)
+        self.input_size = tuple(int(s) for s in input_size)
+        self.reconstruction = bool(reconstruction)
+        self.network = arch.build(self.in_channels, self.in_channels, self.input_size)
+
+    # ------------------------------------------------------------------ what every family provides
+    @property
+    def feature_dim(self) -> int:
+        """Channels of :meth:`Features.pooled` and :meth:`Features.dense`."""
+        raise NotImplementedError
+
+    @property
+    def has_mask_token(self) -> bool:
+        return getattr(self, "mask_token", None) is not None
+
+    def mask_unit(self, block_size: int) -> int:
+        """Side of one mask unit: ``block_size`` on voxel-masking families, the token size on transformers."""
+        raise NotImplementedError
+
+    def unit_grid(self, input_size: Sequence[int], block_size: int) -> tuple[int, int, int]:
+        """Mask units per axis of an input of ``input_size``."""
+        unit = self.mask_unit(block_size)
+        if any(int(s) % unit for s in input_size):
+            raise ValueError(
+                f"Input {list(input_size)} is not divisible by the mask unit {unit} of {self.arch.name}; "
+                "set method.block_size to a divisor of every side (or change the patch size)."
+            )
+        return tuple(int(s) // unit for s in input_size)  # type: ignore[return-value]
+
+    def draw_mask(
+        self,
+        batch_size: int,
+        mask_ratio: float | None = None,
+        block_size: int = 16,
+        counts: torch.Tensor | None = None,
+        input_size: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> UnitMask:
+        """Exactly ``floor(mask_ratio * n)`` (or ``counts[b]``) masked units per sample of an ``input_size`` input."""
+        size = self.input_size if input_size is None else tuple(input_size)
+        return draw_unit_mask(
+            batch_size,
+            self.unit_grid(size, block_size),
+            self.mask_unit(block_size),
+            mask_ratio=mask_ratio,
+            counts=counts,
+            device=device,
+            generator=generator,
+        )
+
+    def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:
+        """Create the learned mask token (normal init with ``std``, truncated at +-2 when ``truncated``)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, mask: UnitMask | None = None) -> Features:
+        """Features of ``x`` (B, C, X, Y, Z); with ``mask``, masked units are hidden in place (see module docstring)."""
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask) -> Reconstruction:
+        """Full-resolution prediction of ``x`` seen through ``mask`` (build with ``reconstruction=True``)."""
+        raise NotImplementedError
+
+    def context_decoder(self, depth: int) -> nn.Module:
+        """A module ``Features -> Features`` that mixes masked units with their context before dense heads."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared helpers
+    def _new_mask_token(self, shape: Sequence[int], std: float, truncated: bool) -> nn.Parameter:
+        if self.has_mask_token:
+            raise ValueError(f"{type(self).__name__} already has a mask token.")
+        token = nn.Parameter(torch.zeros(*shape))
+        if truncated:
+            nn.init.trunc_normal_(token, std=std)
+        else:
+            nn.init.normal_(token, std=std)
+        self.mask_token = token
+        return token
+
+    def _require_reconstruction(self) -> None:
+        if not self.reconstruction:
+            raise RuntimeError(
+                f"{type(self).__name__} was built without reconstruction (its decoder is frozen); build it with "
+                "build_backbone(..., reconstruction=True) to call reconstruct()."
+            )
+
+    @staticmethod
+    def _freeze(module: nn.Module) -> None:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)

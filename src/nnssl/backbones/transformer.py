@@ -1,0 +1,135 @@
+"""The transformer family: dna's Primus (PrimusS/B/M/L, PrimusTiny) behind the backbone interface.
+
+The network: a patch embedding ``down_projection`` (t^3 voxels per token, flattened in (w h d) order), an Eva
+encoder ``eva`` (learned ``pos_embed`` + RoPE), a ``PatchDecode`` ``up_projection`` back to voxels.
+
+* ``encode(x, mask)``: all tokens through the encoder (:func:`nnssl.architectures.primus.eva_forward_tokens`);
+  inputs of another size than the build size get a resampled ``pos_embed`` and a rebuilt RoPE table (DINO's local
+  crops). With ``mask`` the masked tokens are replaced by the learned ``mask_token`` right after the patch
+  embedding, before the positional embedding (iBOT; :meth:`TransformerBackbone.add_mask_token` first).
+* ``reconstruct(x, mask)`` (MAE, He et al. 2022): only the visible tokens enter the encoder, each with its own
+  ``pos_embed`` row and RoPE position; the mask token fills the dropped positions of the full sequence; a light
+  Eva decoder (``decoder_depth`` blocks, default 2 as upstream's EvaMAE) and ``up_projection`` return voxels.
+  The loss mask is the same :class:`UnitMask` (tokens in (w h d) order), so prediction and mask cannot disagree
+  (upstream bugs B3/B4).
+* ``context_decoder(depth)``: Eva blocks over the full token sequence (AlignedMAE's feature decoder).
+* frozen unless built with ``reconstruction=True``: ``up_projection``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from dynamic_network_architectures.building_blocks.eva import Eva
+from torch import nn
+
+from nnssl.architectures.primus import eva_forward_tokens, flatten_tokens, unflatten_tokens
+from nnssl.architectures.spec import ArchitectureSpec
+from nnssl.backbones.base import Backbone, Features, Reconstruction
+from nnssl.transforms.masking import UnitMask
+
+
+def light_eva(dim: int, depth: int, heads: int, grid: Sequence[int]) -> Eva:
+    """A Primus-style Eva (abs. pos-embed + RoPE, layer-scale 0.1, ``scale_attn_inner``) of ``depth`` blocks."""
+    return Eva(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        ref_feat_shape=tuple(grid),
+        use_abs_pos_emb=True,
+        use_rot_pos_emb=True,
+        init_values=0.1,
+        scale_attn_inner=True,
+    )
+
+
+class TokenContextDecoder(nn.Module):
+    """``Features -> Features``: Eva blocks over every token of the grid (mask tokens see their context)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, grid: Sequence[int]) -> None:
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        self.eva = light_eva(dim, depth, heads, self.grid)
+
+    def forward(self, features: Features) -> Features:
+        out, _ = self.eva(features.tokens())
+        return Features(maps=[unflatten_tokens(out, self.grid)], native_grid=self.grid)
+
+
+class TransformerBackbone(Backbone):
+    """Primus; see the module docstring."""
+
+    family = "transformer"
+    has_patch_tokens = True
+
+    def __init__(
+        self,
+        arch: ArchitectureSpec,
+        in_channels: int,
+        input_size: Sequence[int],
+        reconstruction: bool = False,
+        decoder_depth: int = 2,
+        mask_token_std: float = 1e-6,
+    ) -> None:
+        super().__init__(arch, in_channels, input_size, reconstruction)
+        kernel = tuple(int(k) for k in self.network.down_projection.proj.kernel_size)
+        if len(set(kernel)) != 1:
+            raise ValueError(
+                f"{arch.name}: the backbone interface needs cubic tokens; the patch embedding has {kernel}."
+            )
+        self.token_size = kernel[0]
+        self.grid = tuple(s // self.token_size for s in self.input_size)
+        self.num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        self.num_heads = int(self.network.eva.blocks[0].attn.num_heads)
+        if reconstruction:
+            self.add_mask_token(mask_token_std)
+            self.decoder = light_eva(self.feature_dim, decoder_depth, self.num_heads, self.grid)
+        else:
+            self._freeze(self.network.up_projection)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.network.embed_dim)
+
+    def mask_unit(self, block_size: int) -> int:
+        return self.token_size
+
+    def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:
+        """The learned token (1, 1, D) that stands in for masked tokens."""
+        return self._new_mask_token((1, 1, self.feature_dim), std, truncated)
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        embedded = self.network.down_projection(x)
+        return flatten_tokens(embedded), tuple(int(g) for g in embedded.shape[2:])  # type: ignore[return-value]
+
+    def encode(self, x: torch.Tensor, mask: UnitMask | None = None) -> Features:
+        tokens, grid = self._tokens(x)
+        if mask is not None:
+            if not self.has_mask_token:
+                raise RuntimeError("encode(x, mask) on a transformer needs a mask token: call add_mask_token() first.")
+            tokens = torch.where(mask.masked.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        out = eva_forward_tokens(self.network.eva, tokens, grid=grid, build_grid=self.grid)
+        return Features(maps=[unflatten_tokens(out, grid)], native_grid=grid)
+
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask) -> Reconstruction:
+        self._require_reconstruction()
+        tokens, grid = self._tokens(x)
+        if grid != self.grid:
+            raise ValueError(
+                f"Input {tuple(x.shape[2:])} gives the token grid {grid}; this backbone was built for {self.grid}. "
+                "Use the patch size the method was built with."
+            )
+        keep = mask.keep_indices()
+        encoded = eva_forward_tokens(self.network.eva, tokens, keep)
+        b, _, d = encoded.shape
+        full = self.mask_token.to(encoded.dtype).expand(b, self.num_tokens, d)
+        full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, d), encoded)
+        decoded, _ = self.decoder(full)
+        prediction = self.network.up_projection(unflatten_tokens(decoded, self.grid))
+        return Reconstruction(
+            prediction=prediction, features=Features(maps=[unflatten_tokens(full, self.grid)], native_grid=self.grid)
+        )
+
+    def context_decoder(self, depth: int) -> nn.Module:
+        return TokenContextDecoder(self.feature_dim, depth, self.num_heads, self.grid)

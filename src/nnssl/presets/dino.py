@@ -1,0 +1,136 @@
+"""DINO presets (DINOv2-style on Primus-M, DINO on Primus-M and ResEnc-L) and CPU demos."""
+
+from __future__ import annotations
+
+from nnssl.presets import Preset, add_preset
+from nnssl.presets.common import DEMO_DATA
+
+
+def register() -> None:
+    """DINO family (methods.md 2.2 and the small-batch checklist of 2.5; documentation/dino.md).
+
+    Small-batch defaults: K 8192 prototypes, Sinkhorn-Knopp centring (DINOTrainer: mean centring, m 0.9),
+    teacher temperature 0.04 -> 0.07 over 30 epochs, prototype layer frozen (lr 0) for 5 epochs, an effective
+    batch of 64 through gradient accumulation with lr = 0.004 * sqrt(B_eff / 1024) = 1e-3, AdamW, warm-up 10
+    epochs then cosine to 1e-6, weight decay cosine 0.04 -> 0.2, clip 3, global crops 0.5-1 of the patch VOLUME.
+    ``iterations_per_epoch`` counts optimizer steps: 32 steps x 8 micro-batches = 256 batches per epoch.
+    The sampler adds only mirroring (the multi-crop transform does the cropping and intensity augmentation).
+    """
+    common = {
+        "train.patch_size": (160, 160, 160),
+        "train.batch_size": 8,
+        "train.grad_accumulation_steps": 8,
+        "train.num_epochs": 200,
+        "train.iterations_per_epoch": 32,
+        "train.val_iterations": 10,
+        "train.grad_clip": 3.0,
+        "optim.name": "adamw",
+        "optim.lr": 4e-3,
+        "optim.lr_scaling": "sqrt1024",
+        "optim.betas": (0.9, 0.999),
+        "optim.weight_decay": 0.04,
+        "optim.weight_decay_end": 0.2,
+        "optim.schedule": "warmup_cosine",
+        "optim.warmup_epochs": 10,
+        "optim.final_lr": 1e-6,
+        "data.rotation_p": 0.0,
+        "data.scale_p": 0.0,
+        "data.mirror_axes": (0, 1, 2),
+        "method.num_prototypes": 8192,
+        "method.teacher_temp_start": 0.04,
+        "method.teacher_temp_end": 0.07,
+        "method.teacher_temp_warmup_epochs": 30,
+        "method.freeze_last_layer_epochs": 5,
+        "method.global_crop_scale": (0.5, 1.0),
+        "method.local_crop_scale": (0.05, 0.3),
+        "method.momentum_start": 0.992,
+    }
+    add_preset(
+        Preset(
+            "DINOv2EvaTrainer",
+            method="DINO",
+            architecture="PrimusM",
+            overrides={
+                **common,
+                "method.global_crop_size": 96,
+                "method.local_crop_size": 48,
+                "method.num_local_crops": 8,
+                "method.centering": "sinkhorn",
+                "method.ibot": True,
+                "method.koleo_weight": 0.1,
+            },
+            description="DINOv2 (DINO + iBOT + KoLeo) on Primus-M: 2x96^3 + 8x48^3 crops, K 8192, Sinkhorn, "
+            "B_eff 64 (8 x 8 accumulation), lr 0.004*sqrt(64/1024).",
+        )
+    )
+    add_preset(
+        Preset(
+            "DINOTrainer",
+            base="DINOv2EvaTrainer",
+            overrides={"method.ibot": False, "method.centering": "mean", "method.center_momentum": 0.9},
+            description="DINO (CLS distillation + KoLeo, no iBOT) on Primus-M, mean centring m 0.9; else as "
+            "DINOv2EvaTrainer.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DINOResEncTrainer",
+            base="DINOv2EvaTrainer",
+            architecture="ResEncL",
+            overrides={
+                "train.batch_size": 4,
+                "train.grad_accumulation_steps": 16,
+                "train.iterations_per_epoch": 16,
+                "method.global_crop_size": 128,
+                "method.local_crop_size": 64,
+                "method.num_local_crops": 6,
+                "method.ibot": False,
+            },
+            description="DINO + KoLeo on ResEnc-L (CLS = 1120-d multi-stage GAP, standardised with running "
+            "statistics before the head; no iBOT): 2x128^3 + 6x64^3 crops, B_eff 64 (4 x 16 accumulation).",
+        )
+    )
+    demo = {
+        "train.patch_size": (48, 48, 48),
+        "train.batch_size": 4,
+        "train.grad_accumulation_steps": 2,
+        "train.num_epochs": 12,
+        "train.iterations_per_epoch": 10,
+        "train.val_iterations": 2,
+        "optim.lr": 2e-3,
+        "optim.lr_scaling": "none",
+        "optim.warmup_epochs": 1,
+        **DEMO_DATA,
+        "method.num_prototypes": 1024,
+        "method.head_hidden_dim": 256,
+        "method.head_bottleneck_dim": 64,
+        "method.global_crop_size": 32,
+        "method.local_crop_size": 16,
+        "method.num_local_crops": 2,
+        "method.teacher_temp_warmup_epochs": 3,
+        "method.freeze_last_layer_epochs": 1,
+        "method.momentum_start": 0.99,
+    }
+    add_preset(
+        Preset(
+            "DemoDINO_PrimusTiny",
+            base="DINOv2EvaTrainer",
+            architecture="PrimusTiny",
+            overrides=demo,
+            description="CPU demo: DINOv2 (iBOT + KoLeo) on a tiny Primus, 2x32^3 + 2x16^3 crops, K 1024.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoDINO_ResEncTiny",
+            base="DINOResEncTrainer",
+            architecture="ResEncTiny",
+            overrides={
+                **demo,
+                "train.batch_size": 2,
+                "method.centering": "mean",
+            },
+            description="CPU demo: DINO + KoLeo on a tiny ResEnc, 2x32^3 + 2x16^3 crops, K 1024, mean centring (with "
+            "4 teacher rows per step Sinkhorn forces targets over >= K/4 prototypes); CLS standardised ('auto').",
+        )
+    )
