@@ -36,6 +36,10 @@ def test_orthogonal_embeddings_give_log_of_the_candidate_count(n: int) -> None:
     u, v = basis[:n], basis[n : 2 * n]
     loss, _ = nt_xent(u, v, temperature=0.5)
     assert float(loss) == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+    if n == 2:  # one image, two views: no negative is left, so the (silently 0) loss is refused
+        with pytest.raises(ValueError, match="no negative"):
+            nt_xent(u, v, temperature=0.5, same_image_aware=True)
+        return
     loss_aware, _ = nt_xent(u, v, temperature=0.5, same_image_aware=True)
     assert float(loss_aware) == pytest.approx(math.log(2 * n - 3), rel=1e-6)
 

@@ -249,3 +249,54 @@ def test_real_resenc_l_forward_backward_at_64() -> None:
     out = mae({"image": torch.randn(1, 1, 64, 64, 64)})
     out.loss.backward()
     assert torch.isfinite(out.loss) and time.perf_counter() - start < 120
+
+
+def test_per_unit_normalized_targets() -> None:
+    from nnssl.losses.reconstruction import per_unit_normalized
+
+    x = torch.randn(2, 1, 16, 16, 16) * 3 + 7
+    y = per_unit_normalized(x, 8)
+    cubes = y.reshape(2, 1, 2, 8, 2, 8, 2, 8)
+    torch.testing.assert_close(cubes.mean(dim=(3, 5, 7)), torch.zeros(2, 1, 2, 2, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cubes.var(dim=(3, 5, 7), unbiased=False), torch.ones(2, 1, 2, 2, 2), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["ResEncTiny", "PrimusTiny"])
+def test_norm_pix_loss_ignores_affine_intensity_changes_of_a_masked_unit(arch: str) -> None:
+    """The network never sees masked units; with normalised targets an affine change a*x+b of one masked unit leaves
+    the loss unchanged, while the plain target moves it."""
+    x = torch.randn(1, 1, *PATCH)
+
+    def loss(method: MAE, image: torch.Tensor) -> float:
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return float(method({"image": image}).loss)
+
+    for norm in (True, False):
+        method = _mae(arch, block_size=8, norm_pix_loss=norm).eval()
+        torch.manual_seed(5)
+        mask = method.net.draw_mask(1, 0.75, 8)
+        w, h, d = np.unravel_index(int(mask.masked[0].nonzero()[0]), mask.grid)
+        u = mask.unit_size
+        changed = x.clone()
+        changed[..., w * u : (w + 1) * u, h * u : (h + 1) * u, d * u : (d + 1) * u] *= 3.0
+        changed[..., w * u : (w + 1) * u, h * u : (h + 1) * u, d * u : (d + 1) * u] += 5.0
+        if norm:
+            assert loss(method, changed) == pytest.approx(loss(method, x), rel=1e-5)
+        else:
+            assert loss(method, changed) > loss(method, x) + 0.1
+
+
+def test_weight_decay_on_weights_only_when_asked() -> None:
+    mae = _mae("PrimusTiny")
+    assert len(mae.param_groups(0.05)) == 1  # upstream: every parameter decayed
+    mae = _mae("PrimusTiny", decay_norms_and_biases=False)
+    decay, no_decay = mae.param_groups(0.05)
+    names = {id(p): n for n, p in mae.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    assert {"net.mask_token", "net.network.eva.pos_embed"} <= skipped
+    assert any(n.endswith("norm.weight") for n in skipped) and any(n.endswith(".bias") for n in skipped)
+    assert any("gamma" in n for n in skipped)  # Eva layer-scale
+    assert all(p.ndim >= 2 and not names[id(p)].endswith("pos_embed") for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == sum(p.requires_grad for p in mae.parameters())

@@ -12,7 +12,7 @@ from nnssl.architectures import ARCHITECTURES
 from nnssl.engine.distributed import DistContext, destroy_process_group, init_process_group, spawn
 from nnssl.engine.trainer import ddp_ignored_names
 from nnssl.methods.base import SSLMethod
-from nnssl.methods.heads import FeatureNorm, PredictorHead, ProjectionHead
+from nnssl.methods.heads import FeatureNorm, GlobalBatchNorm1d, PredictorHead, ProjectionHead
 from nnssl.methods.teacher import EMATeacher, cosine_momentum, ema_update_, make_teacher
 
 
@@ -120,7 +120,8 @@ def test_ddp_leaves_the_teacher_alone(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_projection_head_layout_init_and_norms() -> None:
     head = ProjectionHead(10, 16, 8, num_layers=3, norm="batch_no_stats", act="silu")
     kinds = [type(m).__name__ for m in head.layers]
-    assert kinds == ["Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d", "SiLU", "Linear", "BatchNorm1d"]
+    norm = "GlobalBatchNorm1d"
+    assert kinds == ["Linear", norm, "SiLU", "Linear", norm, "SiLU", "Linear", norm]
     assert all(not m.track_running_stats and not m.affine for m in head.layers if isinstance(m, nn.BatchNorm1d))
     linears = [m for m in head.layers if isinstance(m, nn.Linear)]
     assert all(float(m.bias.abs().max()) == 0 for m in linears)
@@ -145,5 +146,60 @@ def test_feature_norm_matches_instance_norm_on_rows() -> None:
 
 def test_predictor_head() -> None:
     head = PredictorHead(8, 4, 8)
-    assert [type(m).__name__ for m in head.layers] == ["Linear", "BatchNorm1d", "SiLU", "Linear"]
+    assert [type(m).__name__ for m in head.layers] == ["Linear", "GlobalBatchNorm1d", "SiLU", "Linear"]
     assert head(torch.randn(3, 8)).shape == (3, 8)
+
+
+def _rows(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(rank)
+    return torch.randn(3 - rank, 5, generator=gen) * 2 + 1, torch.randn(3 - rank, 5, generator=gen)
+
+
+def _global_bn_worker(ctx: DistContext, out: Path) -> None:
+    torch.set_num_threads(1)
+    init_process_group(ctx, "cpu")
+    try:
+        results = {}
+        for affine in (False, True):
+            torch.manual_seed(0)
+            norm = GlobalBatchNorm1d(5, affine=affine, track_running_stats=affine)
+            x, weight = _rows(ctx.rank)
+            x.requires_grad_(True)
+            y = norm(x)
+            (y * weight).sum().backward()
+            results[affine] = {"y": y.detach(), "grad": x.grad, "state": norm.state_dict()}
+            if not affine:  # without running statistics, eval mode (an EMA teacher) uses global statistics too
+                results["eval"] = norm.eval()(x.detach())
+        torch.save(results, out / f"rank{ctx.rank}.pt")
+    finally:
+        destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_global_batch_norm_over_two_processes_equals_batch_norm_over_all_rows(tmp_path: Path, monkeypatch) -> None:
+    """Rows split 3 + 2 over two ranks: outputs, input gradients and running statistics equal BatchNorm1d on the 5."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    spawn(_global_bn_worker, 2, (tmp_path,))
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    xs, weights = zip(*[_rows(r) for r in range(2)])
+    for affine in (False, True):
+        torch.manual_seed(0)
+        reference = nn.BatchNorm1d(5, affine=affine, track_running_stats=affine)
+        x = torch.cat(xs).requires_grad_(True)
+        y = reference(x)
+        (y * torch.cat(weights)).sum().backward()
+        torch.testing.assert_close(torch.cat([g[affine]["y"] for g in got]), y.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.cat([g[affine]["grad"] for g in got]), x.grad, rtol=1e-4, atol=1e-6)
+        for key, value in reference.state_dict().items():
+            for g in got:
+                torch.testing.assert_close(g[affine]["state"][key], value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([g["eval"] for g in got]), torch.cat([g[False]["y"] for g in got]))
+
+
+def test_global_batch_norm_is_batch_norm_in_one_process() -> None:
+    torch.manual_seed(0)
+    ours, reference = GlobalBatchNorm1d(4), nn.BatchNorm1d(4)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(ours(x), reference(x))
+    torch.testing.assert_close(ours.running_var, reference.running_var)

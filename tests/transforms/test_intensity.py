@@ -56,7 +56,19 @@ def test_effects() -> None:
     low = it.simulate_low_resolution(x, zoom_range=(0.5, 0.5), p_per_channel=1.0)
     assert not np.allclose(low, x)
     noisy = it.gaussian_noise(x, (0.05, 0.05))
-    assert float((noisy - x).std()) == pytest.approx(np.sqrt(0.05), rel=0.1)
+    assert float((noisy - x).std()) == pytest.approx(0.05, rel=0.1)  # the drawn value is the std (batchgenerators)
+
+
+def test_noise_strength_and_low_resolution_probability_match_upstream() -> None:
+    """Upstream (batchgenerators) draws s ~ U(0, 0.1) and uses it as the std: the mean noise std is 0.05, not the
+    0.21 of sqrt(U(0, 0.1)); low resolution is applied to 10% of the views by default."""
+    x = np.zeros((1, 16, 16, 16), dtype=np.float32)
+    np.random.seed(0)
+    stds = [float(it.gaussian_noise(x).std()) for _ in range(400)]
+    assert max(stds) <= 0.1 * 1.05 and float(np.mean(stds)) == pytest.approx(0.05, rel=0.1)
+    rician = it.rician_noise(x + 3.0, (0.1, 0.1))
+    assert float(rician.mean()) == pytest.approx(3.0, abs=0.01)  # far from 0 Rician noise is nearly Gaussian
+    assert it.IntensityAugmentation().p_low_resolution == 0.1
 
 
 def test_augmentation_is_reproducible_under_the_loader_seed() -> None:

@@ -237,6 +237,12 @@ class Trainer:
         self.output_folder = Path(output_folder)
         self.adaptation_plan = adaptation_plan
         self.callbacks = list(callbacks)
+        needed, reason = self.method.min_images_per_batch()
+        if cfg.train.batch_size < needed:
+            raise ValueError(
+                f"{cfg.method} needs at least {needed} images in the global batch: {reason}. train.batch_size is "
+                f"{cfg.train.batch_size}; use --set train.batch_size={needed} or more."
+            )
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if int(cfg.train.grad_accumulation_steps) < 1:
             raise ValueError(

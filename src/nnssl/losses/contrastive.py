@@ -113,6 +113,12 @@ def nt_xent(
     row_ids = torch.cat([ids, ids])
     excluded = row_ids[:, None] == column_ids[None, :]  # self, positive and (same-image-aware) the other view
     excluded[torch.arange(2 * n, device=u.device), pos_col] = False
+    if bool(((~excluded).sum(dim=1) < 2).any()):  # the positive and at least one negative
+        raise ValueError(
+            f"NT-Xent has no negative for some rows: {m} pair(s) in the global batch"
+            f"{' (the other view of the same image is not a negative)' if same_image_aware else ''}; the loss would be "
+            "0 and teach nothing. Use more images per batch (train.batch_size) or more crops per image."
+        )
     logits = logits.masked_fill(excluded, float("-inf"))
     loss = F.cross_entropy(logits, pos_col)
     accuracy = (logits.argmax(dim=1) == pos_col).float().mean()

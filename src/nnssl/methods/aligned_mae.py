@@ -183,6 +183,14 @@ class AlignedMAE(SSLMethod):
     def network_patch_size(self) -> tuple[int, ...]:
         return self.crop_size
 
+    def min_images_per_batch(self) -> tuple[int, str]:
+        if self.need_global:
+            return 2, (
+                f"the global contrastive term (method.w_con={self.cfg.w_con}) takes its negatives from other images; "
+                "the other view of the same image is not one. Set --set method.w_con=0 to train without it"
+            )
+        return 1, ""
+
     def train_transform(self) -> Transform:
         cfg = self.cfg
         intensity = IntensityAugmentation(p_low_resolution=cfg.low_resolution_p)

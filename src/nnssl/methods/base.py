@@ -24,6 +24,15 @@ Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 
 
+#: Parameter-name endings that are never weight-decayed by :meth:`SSLMethod.decay_split_groups`.
+NO_DECAY_SUFFIXES = ("pos_embed", "mask_token", "cls_token")
+
+
+def no_weight_decay(name: str, parameter: torch.Tensor) -> bool:
+    """Whether a parameter is a bias, a norm or layer-scale vector (ndim <= 1) or a positional embedding / token."""
+    return parameter.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES)
+
+
 @dataclass
 class StepOutput:
     """A loss to minimise and detached scalar metrics to log."""
@@ -61,6 +70,13 @@ class SSLMethod(nn.Module):
         """
         return self.patch_size
 
+    def min_images_per_batch(self) -> tuple[int, str]:
+        """``(n, reason)``: the fewest images the global batch may hold for this method's loss to mean anything.
+
+        The engine refuses a smaller ``train.batch_size`` before training starts, with ``reason`` in the message.
+        """
+        return 1, ""
+
     def train_transform(self) -> Transform | None:
         """Per-sample transform run in loader workers (views, masks); ``None`` passes samples through."""
         return None
@@ -93,6 +109,19 @@ class SSLMethod(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; by default one group with every trainable parameter, as upstream."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def decay_split_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Two groups: weights with ``weight_decay``; biases, norms, layer-scales, positional embeddings and mask
+        tokens without (MAE and DINOv2 practice; upstream nnssl decays everything). See :func:`no_weight_decay`."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if no_weight_decay(name, param) else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
 
     def teachers(self) -> dict[str, EMATeacher]:
         """Every :class:`EMATeacher` among the submodules, by attribute path."""

@@ -195,23 +195,16 @@ class DINO(SSLMethod):
         self.step_count.fill_(step + 1)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Weight decay on weights only (none on biases, norms, pos_embed, mask token); prototype layers frozen
-        (lr 0, optimizer state kept) for ``freeze_last_layer_epochs`` epochs."""
-        decay, no_decay, last = [], [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if f".{LAST_LAYER_NAME}." in f".{name}":
-                last.append(param)
-            elif param.ndim <= 1 or name.endswith(("pos_embed", "mask_token")):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
-            {"params": last, "weight_decay": weight_decay, "freeze_epochs": int(self.cfg.freeze_last_layer_epochs)},
-        ]
+        """Weight decay on weights only (:meth:`decay_split_groups`); prototype layers frozen (lr 0, optimizer state
+        kept) for ``freeze_last_layer_epochs`` epochs."""
+        groups = self.decay_split_groups(weight_decay)
+        last = [p for n, p in self.named_parameters() if p.requires_grad and f".{LAST_LAYER_NAME}." in f".{n}"]
+        last_ids = {id(p) for p in last}
+        for group in groups:
+            group["params"] = [p for p in group["params"] if id(p) not in last_ids]
+        groups.append(
+            {"params": last, "weight_decay": weight_decay, "freeze_epochs": int(self.cfg.freeze_last_layer_epochs)}
+        )
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ views

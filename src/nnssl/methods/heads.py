@@ -4,17 +4,22 @@
 is followed by a normalisation and an activation, the last by a normalisation only when ``last_norm``.
 Normalisations:
 
-* ``"batch_no_stats"``: ``BatchNorm1d(affine=False, track_running_stats=False)``: always batch statistics,
-  in train and eval mode, so an EMA teacher in eval mode normalises exactly like the student (CVA's ResEnc
-  head; avoids the frozen running-statistics pitfall of methods.md 1.7 item 4);
-* ``"batch"``: standard ``BatchNorm1d`` (affine, running statistics);
+* ``"batch_no_stats"``: :class:`GlobalBatchNorm1d` without affine parameters or running statistics: always batch
+  statistics, in train and eval mode, so an EMA teacher in eval mode normalises exactly like the student (CVA's
+  ResEnc head; avoids the frozen running-statistics pitfall of methods.md 1.7 item 4);
+* ``"batch"``: :class:`GlobalBatchNorm1d` with affine parameters and running statistics (a standard BatchNorm1d);
 * ``"feature"``: per-vector normalisation, i.e. ``InstanceNorm1d`` applied to an (N, C) tensor as upstream's
   VoCo/SimCLR head does: each row is shifted to mean 0 and scaled to variance 1 over its C features
   (no affine parameters, eps 1e-5). It does not mix samples, so it needs no batch;
 * ``None``: no normalisation.
 
 Linear weights are truncated-normal (std 0.02, cut at +-2 std), biases 0 (CVA/DINO heads).
-:class:`PredictorHead` is BYOL's predictor: Linear, BatchNorm1d, SiLU, Linear.
+:class:`PredictorHead` is BYOL's predictor: Linear, BatchNorm1d (global, affine, running statistics), SiLU, Linear.
+
+Batch statistics are global: under torch.distributed every :class:`GlobalBatchNorm1d` computes them over the rows of
+all processes (upstream converts its heads to ``SyncBatchNorm``, which torch supports on GPUs only and never
+synchronises in eval mode, i.e. not for EMA teachers). With one row per image and one image per GPU a per-GPU
+statistic would make the two rows of a pair exact opposites after normalisation.
 Inputs may have any leading shape (..., in_dim); they are flattened to rows for the normalisation.
 
 Global pooling of backbone features (:func:`make_global_pool`): ``"mean"`` is
@@ -26,6 +31,7 @@ Primus head).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from nnssl.backbones import Features
@@ -33,6 +39,45 @@ from nnssl.backbones import Features
 NORMS = ("batch_no_stats", "batch", "feature", None)
 GLOBAL_POOLS = ("mean", "attention")
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def _process_group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """``BatchNorm1d`` whose batch statistics cover the rows of every process.
+
+    ``y = (x - mu) / sqrt(var + eps) [* gamma + beta]`` with ``mu``, ``var`` (biased) over all rows of all ranks,
+    computed in fp32 with two differentiable all-reduces (``torch.distributed.nn``), so gradients flow through the
+    statistics to every rank. Batch statistics are used in training and, without running statistics, in eval mode;
+    running statistics (when tracked) are updated with the global ``mu`` and unbiased variance. In one process it
+    is exactly ``BatchNorm1d``. Every rank must call it the same number of times (as any collective).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_statistics = self.training or not self.track_running_stats
+        if not batch_statistics or _process_group_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf = x.float()
+        totals = all_reduce(torch.cat([xf.sum(dim=0), xf.new_tensor([float(xf.shape[0])])]))
+        count = totals[-1]
+        mean = totals[:-1] / count
+        var = all_reduce(((xf - mean) ** 2).sum(dim=0)) / count
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                n = float(count)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_mean.mul_(1 - momentum).add_(mean.detach().to(self.running_mean.dtype), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)
+                self.num_batches_tracked += 1
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.float() + self.bias.float()
+        return y.to(x.dtype)
 
 
 class FeatureNorm(nn.Module):
@@ -51,9 +96,9 @@ class FeatureNorm(nn.Module):
 def make_norm(kind: str | None, dim: int) -> nn.Module:
     """The normalisation layer named ``kind`` (see the module docstring) for ``dim`` features."""
     if kind == "batch_no_stats":
-        return nn.BatchNorm1d(dim, affine=False, track_running_stats=False)
+        return GlobalBatchNorm1d(dim, affine=False, track_running_stats=False)
     if kind == "batch":
-        return nn.BatchNorm1d(dim)
+        return GlobalBatchNorm1d(dim)
     if kind == "feature":
         return FeatureNorm()
     if kind is None or kind == "none":
@@ -119,7 +164,7 @@ class PredictorHead(_RowMLP):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim)
+            nn.Linear(in_dim, hidden_dim), GlobalBatchNorm1d(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim)
         )
         self.out_dim = out_dim
         init_linear_(self)

@@ -11,18 +11,22 @@ replaced by a learned mask token before a light decoder) and the backbone recons
 
 Loss: ``L = sum((xhat - x)^2 * M) / sum(M)`` with ``M = 1`` on masked voxels (the mask's own
 :meth:`~nnssl.transforms.masking.UnitMask.voxels`), in fp32 on the z-scored intensities
-(:func:`nnssl.losses.reconstruction.masked_mse`). Masks are drawn with torch's generator on the batch's device.
+(:func:`nnssl.losses.reconstruction.masked_mse`); with ``norm_pix_loss`` the target is every mask unit standardised
+on its own (:func:`~nnssl.losses.reconstruction.per_unit_normalized`, MAE's normalised pixels). Masks are drawn with
+torch's generator on the batch's device. With ``decay_norms_and_biases=False`` biases, norms, layer-scales, the
+positional embedding and the mask token get no weight decay (MAE/DINOv2 practice; upstream decays them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.backbones import build_backbone
-from nnssl.losses.reconstruction import masked_mse
+from nnssl.losses.reconstruction import masked_mse, per_unit_normalized
 from nnssl.methods.base import SSLMethod, StepOutput
 from nnssl.methods.registry import METHODS
 
@@ -35,6 +39,8 @@ class MAEConfig:
     tokens (8^3 for Primus) and ignore it. ``decoder_depth`` is the number of Eva blocks of the transformer's light
     decoder (2). ``mask_token_std`` initialises the transformer's mask token. With ``ignore_anonymized`` the loss
     also skips voxels whose anonymization mask is 1 (removed by defacing) when the batch carries that mask.
+    ``norm_pix_loss``: reconstruct every mask unit standardised on its own (MAE sec. 4.1; off as upstream).
+    ``decay_norms_and_biases``: weight-decay every parameter (True, upstream) or weights only (False).
     """
 
     mask_ratio: float = 0.75
@@ -42,6 +48,8 @@ class MAEConfig:
     decoder_depth: int = 2
     mask_token_std: float = 1e-6
     ignore_anonymized: bool = False
+    norm_pix_loss: bool = False
+    decay_norms_and_biases: bool = True
 
 
 @METHODS.register("MAE")
@@ -65,6 +73,11 @@ class MAE(SSLMethod):
         )
         self.net.unit_grid(self.patch_size, cfg.block_size)  # the mask units must tile the patch
 
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        if self.cfg.decay_norms_and_biases:
+            return super().param_groups(weight_decay)
+        return self.decay_split_groups(weight_decay)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         x = batch["image"]
         mask = self.net.draw_mask(x.shape[0], self.cfg.mask_ratio, self.cfg.block_size, device=x.device)
@@ -72,5 +85,6 @@ class MAE(SSLMethod):
         voxels = mask.voxels()
         if self.cfg.ignore_anonymized and "anonymization_mask" in batch:
             voxels = voxels * (1.0 - batch["anonymization_mask"].to(torch.float32))
-        loss = masked_mse(prediction, x, voxels)
+        target = per_unit_normalized(x, mask.unit_size) if self.cfg.norm_pix_loss else x
+        loss = masked_mse(prediction, target, voxels)
         return StepOutput(loss=loss, metrics={"masked_fraction": float(voxels.mean().detach())})

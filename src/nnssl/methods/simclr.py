@@ -115,6 +115,11 @@ class SimCLR(SSLMethod):
     def network_patch_size(self) -> tuple[int, ...]:
         return self.crop_size
 
+    def min_images_per_batch(self) -> tuple[int, str]:
+        if self.cfg.crops_per_image == 1:
+            return 2, "with method.crops_per_image=1 an image gives one pair, and NT-Xent needs negatives"
+        return 1, ""
+
     def train_transform(self) -> Transform:
         return PairedCropTransform(self.cfg, augment=self.cfg.augment)
 

@@ -6,8 +6,9 @@ array: the input is never modified, so a clean target kept by the caller stays c
 Transforms (defaults of :class:`IntensityAugmentation` follow the per-crop list of CVA/VoCo/SimCLR,
 methods.md 1.3 and 4.5; Isensee et al., nnU-Net's batchgenerators transforms):
 
-* Gaussian noise ``x + N(0, s^2)``, variance ``s^2 ~ U(0, 0.1)``;
-* Rician noise ``sqrt((x + N(0, s^2))^2 + N(0, s^2)^2) * sign(x)`` with the same variance range;
+* Gaussian noise ``x + N(0, s^2)``, standard deviation ``s ~ U(0, 0.1)`` (batchgenerators, upstream's library,
+  names the range ``noise_variance`` but uses the drawn value as the standard deviation; so do we);
+* Rician noise ``sqrt((x + N(0, s^2))^2 + N(0, s^2)^2) * sign(x)`` with the same ``s`` range;
   one of the two noises is applied with ``p_noise`` (0.1);
 * Gaussian blur, ``sigma ~ U(0.5, 1)`` per channel (p 0.2 per sample, 0.5 per channel);
 * multiplicative brightness ``x * U(0.75, 1.25)`` (p 0.15);
@@ -16,7 +17,7 @@ methods.md 1.3 and 4.5; Isensee et al., nnU-Net's batchgenerators transforms):
   probability 1/2), then the original mean and std restored; on the inverted image ``-x`` with
   ``p_gamma_inverted`` (0.1) and on the image with ``p_gamma`` (0.3);
 * simulated low resolution: nearest-neighbour down-sampling by ``U(0.5, 1)`` per axis-uniform zoom and
-  cubic up-sampling back (p 0.25 per sample, 0.5 per channel).
+  cubic up-sampling back (p 0.1 per sample as upstream's SimCLR/VoCo/CVA, 0.5 per channel).
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ def _uniform(low: float, high: float) -> float:
     return float(np.random.uniform(low, high))
 
 
-def gaussian_noise(x: np.ndarray, variance_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
-    """``x + N(0, s^2)`` with ``s^2 ~ U(variance_range)`` (one variance per call)."""
-    sigma = np.sqrt(_uniform(*variance_range))
+def gaussian_noise(x: np.ndarray, std_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
+    """``x + N(0, s^2)`` with ``s ~ U(std_range)`` (one draw per call)."""
+    sigma = _uniform(*std_range)
     return (x + np.random.normal(0.0, sigma, size=x.shape)).astype(np.float32)
 
 
-def rician_noise(x: np.ndarray, variance_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
-    """Rician noise as batchgenerators: ``sqrt((x + n1)^2 + n2^2) * sign(x)``, ``n1, n2 ~ N(0, s^2)``."""
-    sigma = np.sqrt(_uniform(*variance_range))
+def rician_noise(x: np.ndarray, std_range: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
+    """Rician noise as batchgenerators: ``sqrt((x + n1)^2 + n2^2) * sign(x)``, ``n1, n2 ~ N(0, s^2)``.
+
+    ``s ~ U(std_range)``, one draw per call.
+    """
+    sigma = _uniform(*std_range)
     n1 = np.random.normal(0.0, sigma, size=x.shape)
     n2 = np.random.normal(0.0, sigma, size=x.shape)
     return (np.sqrt((x + n1) ** 2 + n2**2) * np.sign(x)).astype(np.float32)
@@ -117,14 +121,14 @@ class IntensityAugmentation:
 
     p_noise: float = 0.1
     p_rician_given_noise: float = 0.5
-    noise_variance: tuple[float, float] = (0.0, 0.1)
+    noise_std: tuple[float, float] = (0.0, 0.1)
     p_blur: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.0)
     p_brightness: float = 0.15
     brightness_range: tuple[float, float] = (0.75, 1.25)
     p_contrast: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
-    p_low_resolution: float = 0.25
+    p_low_resolution: float = 0.1
     low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
     p_gamma_inverted: float = 0.1
     p_gamma: float = 0.3
@@ -147,9 +151,9 @@ class IntensityAugmentation:
         out = np.array(x, dtype=np.float32, copy=True)
         if np.random.uniform() < self.p_noise:
             if np.random.uniform() < self.p_rician_given_noise:
-                out = rician_noise(out, self.noise_variance)
+                out = rician_noise(out, self.noise_std)
             else:
-                out = gaussian_noise(out, self.noise_variance)
+                out = gaussian_noise(out, self.noise_std)
         if np.random.uniform() < self.p_blur:
             out = gaussian_blur(out, self.blur_sigma)
         if np.random.uniform() < self.p_brightness:
