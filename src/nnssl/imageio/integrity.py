@@ -69,9 +69,8 @@ def _nifti_data_end(path: str) -> int:
     """Byte offset where the NIfTI voxel data ends (in the uncompressed stream)."""
     import nibabel as nib
 
-    header = nib.load(path).header
-    shape = [int(s) for s in header.get_data_shape()]
-    return int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    proxy = nib.load(path).dataobj  # its offset is where nibabel reads (vox_offset 0 means "right after the header")
+    return int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
 
 
 def _check_nifti(path: str, thorough: bool) -> None:

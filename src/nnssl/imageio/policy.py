@@ -68,8 +68,8 @@ def check_header(header: ImageHeader, policy: ReadPolicy) -> None:
         raise ImageReadError(
             header.path,
             f"its header claims {' x '.join(str(s) for s in header.shape)} voxels x {header.num_channels} "
-            f"channel(s) = {voxels:.3g} voxels ({voxels * 4 / 2**30:.1f} GiB as float32), more than the limit of "
-            f"{policy.max_voxels:.3g} voxels. A broken or hostile header is the usual cause; if the image is real, "
+            f"channel(s) = {voxels:,} voxels ({voxels * 4 / 2**30:.2f} GiB as float32), more than the limit of "
+            f"{policy.max_voxels:,} voxels. A broken or hostile header is the usual cause; if the image is real, "
             "raise the limit with --max_voxels (or ReadPolicy(max_voxels=...)).",
         )
     if policy.num_channels is not None and header.num_channels > policy.num_channels:
