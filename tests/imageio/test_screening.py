@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from bad_inputs import header_bomb
 from nnssl.imageio import ImageReadError, ReadPolicy, failure_reason, read_header, read_image, read_mask
 from nnssl.imageio.integrity import check_file_complete
 
@@ -87,20 +88,8 @@ def test_multi_member_and_zero_padded_gzip_are_complete(tmp_path: Path) -> None:
     assert read_header(members).shape == read_header(full).shape
 
 
-def _header_bomb(path: Path, side: int = 1500) -> Path:
-    """A valid NIfTI header claiming side^3 int16 voxels, and no voxel data."""
-    header = nib.Nifti1Header()
-    header.set_data_shape((side, side, side))
-    header.set_data_dtype(np.int16)
-    header.set_qform(np.eye(4), code=1)
-    header.set_sform(np.eye(4), code=1)
-    header["vox_offset"] = 352
-    path.write_bytes(gzip.compress(header.binaryblock + bytes(4)))
-    return path
-
-
 def test_header_bomb_is_refused_before_reading_voxels(tmp_path: Path) -> None:
-    bomb = _header_bomb(tmp_path / "bomb.nii.gz")
+    bomb = header_bomb(tmp_path / "bomb.nii.gz")
     assert bomb.stat().st_size < 200  # 151 bytes claiming 1500^3 voxels (6.75 GB of int16)
     for fn in (read_header, read_image, read_mask):
         with pytest.raises(ImageReadError, match="more than the limit") as info:

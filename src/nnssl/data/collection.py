@@ -725,7 +725,9 @@ def _check_declared_channels(info: Any, location: str, problems: list[str]) -> N
     if isinstance(info, dict) and CHANNELS_KEY in info:
         value = info[CHANNELS_KEY]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{location}.{CHANNELS_KEY}: must be a positive integer (channels per voxel), got {value!r}")
+            problems.append(
+                f"{location}.{CHANNELS_KEY}: must be a positive integer (channels per voxel), got {value!r}"
+            )
 
 
 def declared_channels(image_info: Mapping[str, Any] | None) -> int:
