@@ -6,11 +6,24 @@ out-of-memory killer) and then waits forever for the lost task. :func:`map_unord
 each alone in a fresh process. A task that kills its process a second time yields ``on_crash(task, reason)``
 instead of a result; every other task still yields its normal result, so one poisonous file never stops
 (or hangs) a run over thousands.
+
+Workers never outlive the process that started them. A worker blocked on the task queue would otherwise wait
+forever once its parent is killed with SIGKILL (the queue's write end is inherited, so it never sees EOF): every
+worker asks the kernel to send it SIGKILL when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``; the parent is
+the thread that submitted the tasks, see :func:`map_unordered`), and a watchdog thread checks every
+:data:`PARENT_POLL_SECONDS` that its parent is still the process that started it (the portable fallback, also on
+macOS). Closing the iterator early (``break``, an exception in the consumer) cancels the tasks not yet started.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -24,12 +37,35 @@ CRASH_REASON = (
     "killer); the other files were processed. Try the file alone, e.g. with -np 1."
 )
 
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
 _STARTED: Any = None
 
 
-def _remember_queue(started: Any) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when ``parent_pid`` ends: kernel signal on Linux, and a polling thread."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog below still works
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="nnssl-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(started: Any, parent_pid: int) -> None:
     global _STARTED
     _STARTED = started
+    _exit_with_parent(parent_pid)
 
 
 def _call(fn: Callable[[Any], Any], index: int, task: Any) -> Any:
@@ -50,7 +86,8 @@ def _pool_round(
     """Yield (index, result) until done; raise _Crashed with the indices that had started but not finished."""
     started = context.SimpleQueue()  # written synchronously: an index put just before a crash is not lost
     finished: set[int] = set()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_remember_queue, initargs=(started,)) as pool:
+    initargs = (started, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         futures = {pool.submit(_call, fn, i, tasks[i]): i for i in indices}
         try:
             for future in as_completed(futures):
@@ -60,6 +97,8 @@ def _pool_round(
                 yield index, result
         except BrokenProcessPool:
             raise _Crashed(_drain(started) - finished, finished) from None
+        finally:  # closed early (GeneratorExit) or failed: do not run the tasks that have not started
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Crashed(Exception):
@@ -75,7 +114,8 @@ def map_unordered(
     """Yield ``fn(task)`` for every task in completion order, using ``num_processes`` spawned processes.
 
     ``fn`` must be picklable (module level) and should not raise. With one process (or one task) it runs in
-    this process, where a crash cannot be contained.
+    this process, where a crash cannot be contained. Iterate in the thread that keeps running for the whole
+    map (normally the main thread): on Linux, workers are tied to the thread that started them.
     """
     if num_processes <= 1 or len(tasks) <= 1:
         yield from map(fn, tasks)

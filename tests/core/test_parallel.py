@@ -1,8 +1,16 @@
-"""map_unordered: a worker that dies takes only its own task down, and the run never hangs."""
+"""map_unordered: a worker that dies takes only its own task down, the run never hangs, and workers never
+outlive their parent."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from nnssl.parallel import CRASH_REASON, map_unordered
 
@@ -26,3 +34,74 @@ def test_a_dying_worker_loses_only_its_task() -> None:
 def test_serial_path_gives_the_same_results() -> None:
     assert list(map_unordered(_square_or_die, [0, 1, 2], 1, _crashed)) == [0, 1, 4]
     assert sorted(map_unordered(_square_or_die, [0, 1, 2, 4], 2, _crashed)) == [0, 1, 4, 16]
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from nnssl.parallel import map_unordered
+
+def task(args):
+    folder, seconds = args
+    (Path(folder) / f"{os.getpid()}.pid").write_text("")
+    time.sleep(seconds)
+    return seconds
+
+def crashed(args, reason):
+    return reason
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    # one worker stays busy for 10 minutes, the other finishes at once and then waits for work
+    for _ in map_unordered(task, [(folder, 600.0), (folder, 0.0), (folder, 600.0)], 2, crashed):
+        pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) is not running
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_their_parent_is_killed_with_sigkill(tmp_path: Path) -> None:
+    script = tmp_path / "orphans.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(pids)])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:  # both workers have started a task
+            time.sleep(0.1)
+        workers = [int(p.stem) for p in pids.iterdir()]
+        assert len(workers) >= 2 and all(_alive(pid) for pid in workers)
+    finally:
+        parent.kill()  # SIGKILL: no cleanup code of the parent runs
+        parent.wait()
+    deadline = time.monotonic() + 30  # a bound on waiting, not a speed requirement: before the fix they never exit
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [], f"workers {survivors} outlived their parent"
+
+
+def _count_started(args: tuple[str, int]) -> int:
+    folder, value = args
+    (Path(folder) / f"{value}.started").write_text("")
+    time.sleep(0.05)
+    return value
+
+
+def test_closing_the_iterator_early_cancels_the_tasks_not_started(tmp_path: Path) -> None:
+    results = map_unordered(_count_started, [(str(tmp_path), i) for i in range(40)], 2, _crashed)
+    next(results)
+    results.close()
+    started = len(list(tmp_path.glob("*.started")))
+    assert started < 40, "closing the iterator ran every remaining task"

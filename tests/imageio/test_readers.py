@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnssl.imageio import ImageReadError, read_header, read_image, read_mask
+from nnssl.imageio import ImageReadError, ReadPolicy, read_header, read_image, read_mask
 from nnssl.imageio.nibabel_reader import read_canonical_nibabel, read_header_nibabel
 from nnssl.imageio.simpleitk_reader import read_canonical_sitk, read_header_sitk
 
@@ -119,7 +119,7 @@ def test_orientations_read_to_identical_canonical_array(tmp_path: Path, orientat
         np.testing.assert_allclose(props["canonical_origin"], (-ORIGIN_RAS[0], -ORIGIN_RAS[1], ORIGIN_RAS[2]))
 
 
-def test_non_orthonormal_affine_falls_back_to_nibabel(tmp_path: Path) -> None:
+def test_sheared_affine_is_refused_but_the_nibabel_reader_itself_still_reads_it(tmp_path: Path) -> None:
     data = _canonical_volume().transpose(2, 1, 0)[::-1, ::-1, :]  # RAS storage
     affine = np.array([[1.5, 0.2, 0, 0], [0, 2.0, 0, 0], [0, 0.1, 3.0, 0], [0, 0, 0, 1]])
     img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
@@ -129,12 +129,15 @@ def test_non_orthonormal_affine_falls_back_to_nibabel(tmp_path: Path) -> None:
     nib.save(img, path)
     with pytest.raises(RuntimeError, match="orthonormal"):
         read_header_sitk(str(path))
-    header = read_header(path)
-    assert header.reader == "nibabel" and header.orientation == "RAS" and header.shape == (6, 7, 8)
-    image, props = read_image(path)
-    assert props["reader"] == "nibabel"
-    np.testing.assert_array_equal(image[0], _canonical_volume().astype(np.float32))
-    # spacing = affine column norms, in (z, y, x) order
+    # the x-y angle of this affine: arccos(0.2 / |(0.2, 2.0, 0.1)|) = 84.3 degrees
+    expected_angle = np.degrees(np.arccos(0.2 / np.linalg.norm([0.2, 2.0, 0.1])))
+    for fn in (read_header, read_image):
+        with pytest.raises(ImageReadError, match="sheared") as info:
+            fn(path)
+        assert f"x-y {expected_angle:.2f}" in info.value.reason
+    # the reader function the fallback uses maps the file to its closest orientation (what screening prevents)
+    image, props = read_canonical_nibabel(str(path))
+    np.testing.assert_array_equal(image[0], _canonical_volume())
     np.testing.assert_allclose(props["spacing"], [3.0, np.hypot(2.0, np.hypot(0.2, 0.1)), 1.5])
 
 
@@ -179,20 +182,25 @@ def test_4d_images(tmp_path: Path) -> None:
     np.testing.assert_array_equal(nib_array, values)
 
 
-def test_multicomponent_image_becomes_channels(tmp_path: Path) -> None:
+def test_multicomponent_image_becomes_channels_only_when_declared(tmp_path: Path) -> None:
     values = np.random.default_rng(2).random((6, 7, 8, 2)).astype(np.float32)  # (z, y, x, c)
     img = sitk.GetImageFromArray(values, isVector=True)
     img.SetSpacing((1.0, 2.0, 3.0))
     path = tmp_path / "vector.nii.gz"
     sitk.WriteImage(img, str(path))
-    header = read_header(path)
+    for fn in (read_header, read_image):
+        with pytest.raises(ImageReadError, match="2 channels per voxel") as info:
+            fn(path)
+        assert '"num_channels": 2' in info.value.reason
+    declared = ReadPolicy(num_channels=2)
+    header = read_header(path, declared)
     assert header.num_channels == 2 and header.shape == (6, 7, 8) and header.spacing == (3.0, 2.0, 1.0)
-    image, _ = read_image(path)
+    image, _ = read_image(path, declared)
     np.testing.assert_array_equal(image, np.moveaxis(values, -1, 0))
     nib_array, _ = read_canonical_nibabel(str(path))
     np.testing.assert_array_equal(nib_array, np.moveaxis(values, -1, 0))
     with pytest.raises(ImageReadError, match="one channel"):
-        read_mask(path)
+        read_mask(path, declared)
 
 
 def test_read_mask_is_int8_on_the_image_grid(tmp_path: Path) -> None:
@@ -237,20 +245,18 @@ def test_read_header_reads_no_voxels(tmp_path: Path, monkeypatch: pytest.MonkeyP
     read_image(DEMO / "anatomical.nii")
     assert calls["execute"] == 1
 
-    affine = np.array([[1.0, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    img = nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), affine)
-    img.set_qform(None, code=0)
-    img.set_sform(affine, code=1)
-    sheared = tmp_path / "sheared.nii"
-    nib.save(img, sheared)
+    angle = np.radians(20)
+    affine = np.eye(4)
+    affine[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]  # oblique, not sheared
+    oblique = tmp_path / "oblique.nii"
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 7), np.float32), affine), oblique)
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", no_voxels)
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "get_unscaled", no_voxels)
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "_get_scaled", no_voxels)
-    header = read_header(sheared)
+    header = read_header(oblique)
     assert header.reader == "nibabel" and header.shape == (7, 6, 5)
     assert calls["nib_data"] == 0
-    with pytest.raises(ImageReadError):
-        read_image(sheared)
+    read_image(oblique)  # a float NIfTI: nibabel is tried first (and refused here), then SimpleITK reads it
     assert calls["nib_data"] >= 1
 
 

@@ -153,3 +153,9 @@ def raw_dataset(nnssl_env: dict[str, Path]) -> dict[str, dict]:
     entries = build_raw_dataset(nnssl_env["nnssl_raw"])
     write_plan(nnssl_env["nnssl_preprocessed"] / DATASET)
     return entries
+
+
+@pytest.fixture
+def plan_writer():
+    """:func:`write_plan`, for tests that build their own raw dataset."""
+    return write_plan

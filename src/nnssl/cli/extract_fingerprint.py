@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.paths import MissingEnvironmentVariable
+from nnssl.cli.common import SETUP_ERRORS, add_max_voxels_argument, error_message
 from nnssl.planning.fingerprint import default_num_processes, extract_fingerprint_for_dataset
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of worker processes (default: $nnUNet_def_n_proc or 8)",
     )
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if it exists")
+    add_max_voxels_argument(parser)
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        extract_fingerprint_for_dataset(args.d, num_processes=args.np, clean=args.clean)
-    except (MissingEnvironmentVariable, FileNotFoundError, ValueError) as err:
-        sys.stderr.write(f"nnssl_extract_fingerprint: error: {err}\n")
+        extract_fingerprint_for_dataset(args.d, num_processes=args.np, clean=args.clean, max_voxels=args.max_voxels)
+    except SETUP_ERRORS as err:
+        sys.stderr.write(f"nnssl_extract_fingerprint: error: {error_message(err)}\n")
         return 1
     return 0
 

@@ -2,7 +2,8 @@
 
 Needs ``<plans_name>.json`` (``nnssl_plan_experiment``). One ``-np`` value applies to every configuration (upstream's
 default of three values failed with one configuration, bug B12). Bad images are reported and skipped; the exit
-code is 0 when the run finished (even with bad images), 1 on a setup error (missing plans, variables, bad flags).
+code is 0 when the run finished (even with bad images), 1 on a setup error (missing plans, variables, bad flags) or
+a full disk ("no space left on <folder>", with what was kept and how to continue).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.paths import MissingEnvironmentVariable
+from nnssl.cli.common import SETUP_ERRORS, add_max_voxels_argument, error_message
 
 CONFIGURATIONS = ("onemmiso", "median", "noresample")
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-np", nargs="+", type=int, default=[4], help="processes: one value for all configurations, or one each"
     )
+    add_max_voxels_argument(parser)
     parser.add_argument("--verbose", action="store_true", help="log more")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -54,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             preprocess_dataset(
                 dataset, args.c, args.plans_name, args.np, args.part, args.total_parts, args.verbose,
-                progress=not args.no_progress,
+                progress=not args.no_progress, max_voxels=args.max_voxels,
             )  # fmt: skip
-        except (MissingEnvironmentVariable, FileNotFoundError, KeyError, ValueError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            sys.stderr.write(f"nnssl_preprocess: error: {message}\n")
+        except SETUP_ERRORS as err:
+            sys.stderr.write(f"nnssl_preprocess: error: {error_message(err)}\n")
             return 1
     return 0
 

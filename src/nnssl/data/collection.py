@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nnssl.paths import PREPROCESSED, RAW, MissingEnvironmentVariable
-from nnssl.serialization import atomic_path, to_jsonable
+from nnssl.serialization import atomic_path, load_json, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr", ".gz")
 RELATIVE_PATH_VARIABLES = (RAW, PREPROCESSED)
 
 ImageFilter = Callable[["IndependentImage"], bool]
+#: Longest file name most file systems allow, in bytes (ext4, xfs, btrfs, NTFS: 255).
+MAX_NAME_BYTES = 255
+#: Bytes the case store appends to an image stem in its longest file name:
+#: ``<stem>__anat.nnssl_tmp-<8 hex>.b2nd`` (mask suffix 6 + temporary marker 19 + ``.b2nd`` 5).
+CASE_FILE_SUFFIX_BYTES = 30
+#: ``image_info`` key with which an image declares more than one channel per voxel.
+CHANNELS_KEY = "num_channels"
 
 
 class CollectionValidationError(ValueError):
@@ -306,10 +313,7 @@ class Collection:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Collection file {path} does not exist. Write it with a converter first.")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_DuplicateAwareDict.from_pairs)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        data = load_json(path, object_pairs_hook=_DuplicateAwareDict.from_pairs)
         return cls.from_dict(data, source=path)
 
     @classmethod
@@ -409,28 +413,37 @@ class Collection:
     def iter_images(self, filters: Iterable[ImageFilter] = ()) -> Iterator[IndependentImage]:
         """Every image as an :class:`IndependentImage` (paths expanded and absolute) that passes all ``filters``."""
         filters = tuple(filters)
-        for dataset in self.datasets.values():
-            dataset_index = str(dataset.dataset_index)
+        for location, dataset, subject_key, subject, session_key, img in self._walk_images():
+            masks = img.associated_masks
+            record = IndependentImage(
+                collection_name=self.collection_name,
+                collection_index=self.collection_index,
+                dataset_index=str(dataset.dataset_index),
+                subject_id=subject_key,
+                session_id=session_key,
+                image_name=img.name,
+                image_path=_absolute(img.image_path, f"{location}.image_path"),
+                modality=img.modality,
+                image_info=img.image_info,
+                subject_info=subject.subject_info,
+                anatomy_mask=_absolute_or_none(
+                    masks.anatomy_mask if masks else None, f"{location}.associated_masks.anatomy_mask"
+                ),
+                anonymization_mask=_absolute_or_none(
+                    masks.anonymization_mask if masks else None, f"{location}.associated_masks.anonymization_mask"
+                ),
+            )
+            if all(f(record) for f in filters):
+                yield record
+
+    def _walk_images(self) -> Iterator[tuple[str, Dataset, str, Subject, str, Image]]:
+        """Every image with its JSON location (``datasets["1"].subjects["s"].sessions["t"].images[0]``)."""
+        for key, dataset in self.datasets.items():
             for subject_key, subject in dataset.subjects.items():
                 for session_key, session in subject.sessions.items():
-                    for img in session.images:
-                        masks = img.associated_masks
-                        record = IndependentImage(
-                            collection_name=self.collection_name,
-                            collection_index=self.collection_index,
-                            dataset_index=dataset_index,
-                            subject_id=subject_key,
-                            session_id=session_key,
-                            image_name=img.name,
-                            image_path=_absolute(img.image_path),
-                            modality=img.modality,
-                            image_info=img.image_info,
-                            subject_info=subject.subject_info,
-                            anatomy_mask=_absolute_or_none(masks.anatomy_mask if masks else None),
-                            anonymization_mask=_absolute_or_none(masks.anonymization_mask if masks else None),
-                        )
-                        if all(f(record) for f in filters):
-                            yield record
+                    base = f"{_item('datasets', key)}{_item('.subjects', subject_key)}{_item('.sessions', session_key)}"
+                    for i, img in enumerate(session.images):
+                        yield f"{base}.images[{i}]", dataset, subject_key, subject, session_key, img
 
     def num_images(self) -> int:
         """How many images the collection holds."""
@@ -444,26 +457,19 @@ class Collection:
     def missing_files(self) -> list[str]:
         """Every image and mask file that does not exist, as ``<JSON location>: <expanded path>`` lines."""
         missing = []
-        for key, dataset in self.datasets.items():
-            for subject_key, subject in dataset.subjects.items():
-                for session_key, session in subject.sessions.items():
-                    base = (
-                        f"{_item('datasets', key)}{_item('.subjects', subject_key)}"
-                        f"{_item('.sessions', session_key)}.images"
-                    )
-                    for i, img in enumerate(session.images):
-                        paths = [("image_path", img.image_path)]
-                        if img.associated_masks is not None:
-                            paths += [
-                                ("associated_masks.anatomy_mask", img.associated_masks.anatomy_mask),
-                                ("associated_masks.anonymization_mask", img.associated_masks.anonymization_mask),
-                            ]
-                        for where, raw in paths:
-                            if raw is None:
-                                continue
-                            resolved = _absolute(raw)
-                            if not os.path.exists(resolved):
-                                missing.append(f"{base}[{i}].{where}: {resolved} does not exist")
+        for location, _, _, _, _, img in self._walk_images():
+            paths = [("image_path", img.image_path)]
+            if img.associated_masks is not None:
+                paths += [
+                    ("associated_masks.anatomy_mask", img.associated_masks.anatomy_mask),
+                    ("associated_masks.anonymization_mask", img.associated_masks.anonymization_mask),
+                ]
+            for where, raw in paths:
+                if raw is None:
+                    continue
+                resolved = _absolute(raw, f"{location}.{where}")
+                if not os.path.exists(resolved):
+                    missing.append(f"{location}.{where}: {resolved} does not exist")
         return missing
 
     def verify_files_exist(self) -> None:
@@ -523,12 +529,18 @@ class Collection:
         return result
 
 
-def _absolute(path: str) -> str:
-    return os.path.abspath(expand_path(path))
+def _absolute(path: str, location: str) -> str:
+    """``path`` expanded and absolute; an unset ``$VAR`` names ``location`` (the JSON location of the path)."""
+    try:
+        return os.path.abspath(expand_path(path))
+    except MissingEnvironmentVariable as err:
+        raise MissingEnvironmentVariable(f"{location}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{location}: {err}") from None
 
 
-def _absolute_or_none(path: str | None) -> str | None:
-    return None if path is None else _absolute(path)
+def _absolute_or_none(path: str | None, location: str) -> str | None:
+    return None if path is None else _absolute(path, location)
 
 
 def _image_from_dict(img: Mapping[str, Any]) -> Image:
@@ -678,11 +690,55 @@ def _check_container_duplicates(container: dict[str, Any], location: str, what: 
         problems.append(f"{_item(location, key)}: duplicate {what} (the JSON object repeats it; only the last is kept)")
 
 
-def _check_name(value: Any, location: str, what: str, problems: list[str]) -> None:
-    """Ids become folder names of preprocessed cases: they must be usable as one path component."""
+def _check_name(value: Any, location: str, what: str, problems: list[str], reserve: int = 0) -> None:
+    """Ids become folder and file names of preprocessed cases: each must be usable as one path component.
+
+    Refused: empty, ``.``, ``..``, ``/`` or ``\\``, control characters (NUL, newline, ...), and names longer than
+    :data:`MAX_NAME_BYTES` UTF-8 bytes once ``reserve`` bytes of suffixes are added.
+    """
     text = str(value)
     if text in ("", ".", "..") or "/" in text or "\\" in text:
         problems.append(f"{location}: {what} {text!r} cannot be used as a folder name (empty, '.', '..' or has '/')")
+        return
+    controls = sorted({f"U+{ord(c):04X}" for c in text if ord(c) < 32 or ord(c) == 127})
+    if controls:
+        problems.append(
+            f"{location}: {what} {text!r} contains control characters ({', '.join(controls)}: NUL, newline, tab, "
+            "...), which cannot be (or should not be) part of a file name; remove them"
+        )
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size + reserve > MAX_NAME_BYTES:
+        needs = f" and nnssl appends up to {reserve} bytes of suffixes to it" if reserve else ""
+        problems.append(
+            f"{location}: {what} is {size} bytes long ({text[:40]!r}...); file systems allow {MAX_NAME_BYTES} bytes "
+            f"per file name{needs}, so shorten it to at most {MAX_NAME_BYTES - reserve} bytes"
+        )
+
+
+def _check_path_text(value: Any, location: str, problems: list[str]) -> None:
+    """A path with a NUL byte cannot be opened (the OS ends the name at NUL)."""
+    if isinstance(value, str) and "\x00" in value:
+        problems.append(f"{location}: the path contains a NUL character ({value!r}); no file can have that name")
+
+
+def _check_declared_channels(info: Any, location: str, problems: list[str]) -> None:
+    if isinstance(info, dict) and CHANNELS_KEY in info:
+        value = info[CHANNELS_KEY]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(
+                f"{location}.{CHANNELS_KEY}: must be a positive integer (channels per voxel), got {value!r}"
+            )
+
+
+def declared_channels(image_info: Mapping[str, Any] | None) -> int:
+    """Channels per voxel an image declares in ``image_info["num_channels"]`` (1 when it declares nothing).
+
+    A file with more channels than declared (e.g. an RGB or vector ``.mha``) is refused by the fingerprint and
+    the preprocessing; declaring them is how a collection says that multi-channel input is meant.
+    """
+    if isinstance(image_info, Mapping) and isinstance(image_info.get(CHANNELS_KEY), int):
+        return int(image_info[CHANNELS_KEY])
+    return 1
 
 
 def validate_collection_dict(data: Any) -> list[str]:
@@ -747,13 +803,17 @@ def validate_collection_dict(data: Any) -> list[str]:
                     img_loc = f"{ses_loc}.images[{i}]"
                     if not _check_object(img, img_loc, _IMAGE_KEYS, problems):
                         continue
+                    _check_path_text(img.get("image_path"), f"{img_loc}.image_path", problems)
                     masks = img.get("associated_masks")
                     if isinstance(masks, dict):
                         _check_object(masks, f"{img_loc}.associated_masks", _MASK_KEYS, problems)
+                        for mask_key in _MASK_KEYS:
+                            _check_path_text(masks.get(mask_key), f"{img_loc}.associated_masks.{mask_key}", problems)
+                    _check_declared_channels(img.get("image_info"), f"{img_loc}.image_info", problems)
                     name = img.get("name")
                     if not isinstance(name, str):
                         continue
-                    _check_name(image_stem(name), f"{img_loc}.name", "image stem", problems)
+                    _check_name(image_stem(name), f"{img_loc}.name", "image stem", problems, CASE_FILE_SUFFIX_BYTES)
                     if name in names:
                         problems.append(
                             f"{img_loc}.name: duplicate image name {name!r} in this session "

@@ -3,9 +3,22 @@
 ``read_header`` (header only), ``read_image`` (float32 (C, z, y, x)), ``read_mask`` (int8 (1, z, y, x)),
 ``ImageHeader`` and ``ImageReadError``. SimpleITK reads first; nibabel takes over for files SimpleITK refuses.
 Canonical orientation: direction identity in SimpleITK's LPS convention, array axes as ``GetArrayFromImage``.
+Every read is screened first (``ReadPolicy``: size limit, declared channels, no shear; truncated or corrupt files
+are refused), see :mod:`nnssl.imageio.policy` and :mod:`nnssl.imageio.integrity`.
 """
 
 from nnssl.imageio.header import CANONICAL_ORIENTATION, ImageHeader, ImageReadError
-from nnssl.imageio.reader import read_header, read_image, read_mask
+from nnssl.imageio.policy import DEFAULT_MAX_VOXELS, ReadPolicy
+from nnssl.imageio.reader import failure_reason, read_header, read_image, read_mask
 
-__all__ = ["CANONICAL_ORIENTATION", "ImageHeader", "ImageReadError", "read_header", "read_image", "read_mask"]
+__all__ = [
+    "CANONICAL_ORIENTATION",
+    "DEFAULT_MAX_VOXELS",
+    "ImageHeader",
+    "ImageReadError",
+    "ReadPolicy",
+    "failure_reason",
+    "read_header",
+    "read_image",
+    "read_mask",
+]

@@ -2,7 +2,9 @@
 
 Only headers are read (:func:`nnssl.imageio.read_header`), in parallel worker processes (``spawn`` context, so it is
 safe with threads and CUDA in the parent), with results streamed through ``imap_unordered`` so the progress bar moves.
-A file that cannot be read is recorded under ``"excluded"`` with its reason; the others carry on.
+A file that cannot be read, or that the reading policy refuses (truncated or corrupt, over the size limit, more
+channels than its entry declares, sheared affine; see :mod:`nnssl.imageio.policy`), is recorded under
+``"excluded"`` with its reason; the others carry on.
 
 ``dataset_fingerprint.json``::
 
@@ -29,8 +31,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nnssl.data.collection import Collection, IndependentImage
-from nnssl.imageio import read_header
+from nnssl.data.collection import Collection, IndependentImage, declared_channels
+from nnssl.imageio import DEFAULT_MAX_VOXELS, ReadPolicy, failure_reason, read_header
 from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
 from nnssl.serialization import load_json, save_json
@@ -46,14 +48,16 @@ def default_num_processes() -> int:
     return int(os.environ.get("nnUNet_def_n_proc", 8))  # noqa: SIM112 (upstream name)
 
 
-def _header_record(task: tuple[int, str, str, str]) -> tuple[int, dict[str, Any] | None, str | None]:
+HeaderTask = tuple[int, str, str, str, ReadPolicy]
+
+
+def _header_record(task: HeaderTask) -> tuple[int, dict[str, Any] | None, str | None]:
     """Worker: (index, record, None) for a readable image, (index, None, reason) otherwise. Never raises."""
-    index, unique_id, image_path, modality = task
+    index, unique_id, image_path, modality, policy = task
     try:
-        header = read_header(image_path)
+        header = read_header(image_path, policy)
     except Exception as err:  # one bad file must not stop the others; the reason goes into the fingerprint
-        reason = err.reason if hasattr(err, "reason") else f"{type(err).__name__}: {err}"
-        return index, None, reason
+        return index, None, failure_reason(err)
     record = {
         "unique_id": unique_id,
         "image_path": image_path,
@@ -68,11 +72,11 @@ def _header_record(task: tuple[int, str, str, str]) -> tuple[int, dict[str, Any]
     return index, record, None
 
 
-def _header_crash(task: tuple[int, str, str, str], reason: str) -> tuple[int, None, str]:
+def _header_crash(task: HeaderTask, reason: str) -> tuple[int, None, str]:
     return task[0], None, reason
 
 
-def _run(tasks: list[tuple[int, str, str, str]], num_processes: int) -> Iterator[tuple[int, Any, Any]]:
+def _run(tasks: list[HeaderTask], num_processes: int) -> Iterator[tuple[int, Any, Any]]:
     return map_unordered(_header_record, tasks, num_processes, _header_crash)
 
 
@@ -81,13 +85,19 @@ def extract_fingerprint(
     num_processes: int = 1,
     dataset_name: str | None = None,
     progress: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> dict[str, Any]:
     """Read the header of every image and summarise them (see the module docstring for the keys).
 
-    Raises ValueError if not a single image could be read; the message lists the first reasons.
+    Each file is screened as :func:`nnssl.imageio.read_header` does (truncated files, more than ``max_voxels``
+    voxels, undeclared channels, sheared affines are excluded with their reason). Raises ValueError if not a
+    single image could be read; the message lists the first reasons.
     """
     records = list(images.iter_images()) if isinstance(images, Collection) else list(images)
-    tasks = [(i, img.unique_id, img.image_path, img.modality) for i, img in enumerate(records)]
+    tasks = [
+        (i, img.unique_id, img.image_path, img.modality, ReadPolicy(max_voxels, declared_channels(img.image_info)))
+        for i, img in enumerate(records)
+    ]
     found: dict[int, dict[str, Any]] = {}
     excluded: dict[int, dict[str, str]] = {}
     bar = tqdm(total=len(tasks), desc="fingerprint (headers)", unit="img", disable=not progress)
@@ -127,11 +137,13 @@ def extract_fingerprint_for_dataset(
     num_processes: int | None = None,
     clean: bool = False,
     progress: bool = True,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> dict[str, Any]:
     """Fingerprint ``$nnssl_raw/<name>/pretrain_data.json`` into ``$nnssl_preprocessed/<name>/`` (atomically).
 
     An existing fingerprint is loaded and returned unless ``clean`` is set.
-    ``num_processes`` defaults to :func:`default_num_processes`; ``progress`` shows a tqdm bar on stderr.
+    ``num_processes`` defaults to :func:`default_num_processes`; ``progress`` shows a tqdm bar on stderr;
+    ``max_voxels`` is the size limit of one image (see :class:`nnssl.imageio.ReadPolicy`).
     """
     name = resolve_dataset_name(dataset_name_or_id)
     out = fingerprint_path(name)
@@ -146,7 +158,9 @@ def extract_fingerprint_for_dataset(
         )
     collection = Collection.load(collection_file)
     workers = default_num_processes() if num_processes is None else num_processes
-    fingerprint = extract_fingerprint(collection, num_processes=workers, dataset_name=name, progress=progress)
+    fingerprint = extract_fingerprint(
+        collection, num_processes=workers, dataset_name=name, progress=progress, max_voxels=max_voxels
+    )
     save_json(fingerprint, out)
     logger.info(
         "Fingerprint of %d images (%d excluded) written to %s",

@@ -130,5 +130,13 @@ def preprocess_case(
     props["shape_after_resampling"] = list(data.shape[1:])
     props["modality"] = modality
     if not np.isfinite(data).all():
-        raise PreprocessingError("preprocessing produced non-finite values; please report this case")
+        stats = "; ".join(
+            f"channel {c}: mean {ch.get('mean', float('nan')):.3g}, std {ch.get('std', float('nan')):.3g}"
+            for c, ch in enumerate(norm["channels"])
+        )
+        raise PreprocessingError(
+            f"after {scheme} ({stats}) some voxels lie beyond float32's range (+-3.4e38): the foreground's "
+            "intensities are (nearly) constant while other voxels differ from them by many orders of magnitude. "
+            "Check the image's intensities (e.g. its scaling slope) or remove it from pretrain_data.json"
+        )
     return np.ascontiguousarray(data, dtype=np.float32), masks, props
