@@ -11,7 +11,13 @@ from contrastive_demo import run_demo
 
 from nnssl.architectures import ARCHITECTURES, build_network
 from nnssl.engine.trainer import ddp_ignored_names
-from nnssl.losses.voco import relu_cosine, voco_prediction_losses, voco_regularization
+from nnssl.losses.voco import (
+    overlap_correlation,
+    position_hit_rate,
+    relu_cosine,
+    voco_prediction_losses,
+    voco_regularization,
+)
 from nnssl.methods import METHODS
 from nnssl.methods.voco import VoCo, VoCoConfig, VoCoTransform
 from nnssl.presets import resolve_config
@@ -71,6 +77,18 @@ def test_loss_terms() -> None:
     assert float(s.max()) == 0.0  # ReLU of negative cosines
 
 
+def test_learning_signals_hit_rate_and_correlation() -> None:
+    """What the loss cannot show: a constant similarity has r = 0 and hits only by tie-breaking; the true overlap
+    itself has hit rate 1 and r = 1; a prediction that ranks the bases right but on another scale keeps hit rate 1."""
+    overlap = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.0, 0.25, 0.75, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    assert position_hit_rate(overlap, overlap) == 1.0 and overlap_correlation(overlap, overlap) == pytest.approx(1.0)
+    assert overlap_correlation(torch.full_like(overlap, 0.3), overlap) == 0.0
+    squashed = 0.2 + 0.1 * overlap
+    assert position_hit_rate(squashed, overlap) == 1.0 and overlap_correlation(squashed, overlap) == pytest.approx(1.0)
+    shuffled = overlap[:, :, [3, 0, 1, 2]]
+    assert position_hit_rate(shuffled, overlap) == 0.0 and overlap_correlation(shuffled, overlap) < 0.0
+
+
 @pytest.mark.parametrize("arch", ["ResEncTiny", "PrimusTiny"])
 def test_forward_teacher_and_keys(arch: str) -> None:
     torch.manual_seed(0)
@@ -85,6 +103,7 @@ def test_forward_teacher_and_keys(arch: str) -> None:
     batch = {"views": torch.randn(2, 7, 1, 16, 16, 16), "overlap": torch.rand(2, 3, 4)}
     out = method(batch)
     assert math.isfinite(float(out.loss)) and {"pos", "neg", "reg", "overlap_mae"} <= set(out.metrics)
+    assert {"hit_at_1", "overlap_correlation"} <= set(out.metrics)
     out.loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)

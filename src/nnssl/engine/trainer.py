@@ -266,6 +266,7 @@ class Trainer:
         self.last_finite: tuple[int, float] | None = None
         self.stopper = GracefulStop()
         self._gradients_checked = False
+        self.val_metrics: dict[str, float] = {}
         self._stop_agreed = False
         self.stopped = False
 
@@ -373,7 +374,12 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean validation loss over ``train.val_iterations`` batches with fixed seeds (``None`` if no validation)."""
+        """Mean validation loss over ``train.val_iterations`` batches with fixed seeds (``None`` if no validation).
+
+        The method's metrics of these batches (batch-weighted means over this rank's batches; rank 0 logs them) are
+        kept in ``self.val_metrics`` and logged as ``val/<name>`` (e.g. VoCo's position hit rate).
+        """
+        self.val_metrics = {}
         if self.make_val_iter is None or self.cfg.train.val_iterations == 0:
             return None
         was_training = self.method.training
@@ -381,6 +387,7 @@ class Trainer:
         py_state, np_state = random.getstate(), np.random.get_state()
         devices = [self.device] if self.device.type == "cuda" else []
         total = count = 0.0
+        metric_sums: dict[str, float] = {}
         try:
             with torch.random.fork_rng(devices=devices):
                 iterator = self.make_val_iter()
@@ -395,10 +402,14 @@ class Trainer:
                     b = batch_size_of(batch)
                     total += float(out.loss.float()) * b
                     count += b
+                    for name, value in out.metrics.items():
+                        metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * b
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
             self.method.train(was_training)
+        if count:
+            self.val_metrics = {name: value / count for name, value in metric_sums.items()}
         stats = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=self.device), self.dist)
         return float(stats[0] / stats[1]) if float(stats[1]) > 0 else None
 
@@ -585,6 +596,7 @@ class Trainer:
             "global_step": self.global_step,
         }
         record.update({f"train/{k}": v / n for k, v in progress["metric_sums"].items()} if n else {})
+        record.update({f"val/{k}": v for k, v in self.val_metrics.items()})
         val_text = f"{val_loss:.5f}" if val_loss is not None else "n/a"
         logger.info(
             "Epoch %d: train loss %.5f, val loss %s, lr %.3g, %.1f s, %d skipped steps.",

@@ -10,6 +10,11 @@ crops t, base crops b, overlap proportions ``y_tb`` (rows sum to 1) and predicte
     L_reg = 2 / (N (N - 1)) * sum_{b < b'} ReLU(cos(e_b, e_b'))^q         (q = 1 upstream nnssl, 2 VoCo code)
 
 Each term is averaged over the images of the batch; all in fp32.
+
+What shows learning (the loss alone does not: a content-free constant similarity s_tb = c reaches a low L_pos + L_neg,
+documentation/contrastive.md): :func:`position_hit_rate`, the fraction of targets whose most similar base crop is the
+base they overlap most (chance 1/N for N bases), and :func:`overlap_correlation`, Pearson's r between predicted
+similarities and true overlaps over all (t, b) pairs of a batch (0 for a constant prediction).
 """
 
 from __future__ import annotations
@@ -45,3 +50,19 @@ def voco_regularization(bases: torch.Tensor, power: int = 1) -> torch.Tensor:
     cos = F.relu(torch.einsum("bnd,bmd->bnm", e, e)) ** power
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=bases.device), diagonal=1)
     return cos[:, upper].mean(dim=1).mean()
+
+
+@torch.no_grad()
+def position_hit_rate(similarity: torch.Tensor, overlap: torch.Tensor) -> float:
+    """Fraction of targets whose highest similarity is at the base crop of highest overlap (``argmax_b``)."""
+    return float((similarity.argmax(dim=-1) == overlap.argmax(dim=-1)).float().mean())
+
+
+@torch.no_grad()
+def overlap_correlation(similarity: torch.Tensor, overlap: torch.Tensor) -> float:
+    """Pearson's r between all predicted similarities and true overlaps (0 when either is constant)."""
+    s = similarity.float().flatten()
+    y = overlap.float().flatten()
+    s, y = s - s.mean(), y - y.mean()
+    denominator = torch.sqrt((s * s).sum() * (y * y).sum())
+    return float((s * y).sum() / denominator) if float(denominator) > 0 else 0.0

@@ -58,6 +58,7 @@ class SimCLRConfig:
     out_dim: int = 2048
     head_norm: str = "feature"
     head_act: str = "relu"
+    head_last_norm: bool = False
     augment: bool = True
 
 
@@ -109,7 +110,7 @@ class SimCLR(SSLMethod):
         self.crop_size = crop_size
         self.net = build_backbone(arch, in_channels, crop_size)
         self.projector = ProjectionHead(
-            self.net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act
+            self.net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act, cfg.head_last_norm
         )
 
     def network_patch_size(self) -> tuple[int, ...]:

@@ -35,7 +35,13 @@ from torch import nn
 from nnssl.architectures import check_patch_size
 from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.backbones import build_backbone
-from nnssl.losses.voco import relu_cosine, voco_prediction_losses, voco_regularization
+from nnssl.losses.voco import (
+    overlap_correlation,
+    position_hit_rate,
+    relu_cosine,
+    voco_prediction_losses,
+    voco_regularization,
+)
 from nnssl.methods.base import Sample, SSLMethod, StepOutput, Transform
 from nnssl.methods.heads import ProjectionHead
 from nnssl.methods.registry import METHODS
@@ -62,6 +68,7 @@ class VoCoConfig:
     out_dim: int = 2048
     head_norm: str = "batch_no_stats"
     head_act: str = "relu"
+    head_last_norm: bool = False
     pos_weight: float = 1.0
     neg_weight: float = 1.0
     reg_weight: float = 1.0
@@ -122,7 +129,9 @@ class VoCo(SSLMethod):
         if self.num_bases < 2:
             raise ValueError("VoCo needs at least 2 base crops: make train.patch_size larger than method.crop_size.")
         net = build_backbone(arch, in_channels, crop_size)
-        projector = ProjectionHead(net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act)
+        projector = ProjectionHead(
+            net.feature_dim, cfg.hidden_dim, cfg.out_dim, 3, cfg.head_norm, cfg.head_act, last_norm=cfg.head_last_norm
+        )
         self.student = nn.ModuleDict({"net": net, "projector": projector})
         self.teacher = EMATeacher(self.student, cfg.teacher_momentum)
 
@@ -158,5 +167,7 @@ class VoCo(SSLMethod):
             "neg": float(neg.detach()),
             "reg": float(reg.detach()),
             "overlap_mae": float((predicted - overlap.float()).abs().mean()),
+            "hit_at_1": position_hit_rate(predicted, overlap),
+            "overlap_correlation": overlap_correlation(predicted, overlap),
         }
         return StepOutput(loss=loss, metrics=metrics)
