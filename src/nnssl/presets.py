@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnssl.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from nnssl.methods import METHODS
 from nnssl.overrides import ConfigError, apply_overrides
 from nnssl.registry import Registry
 
@@ -82,6 +81,8 @@ def resolve_config(preset_name: str, overrides: Sequence[str] = (), method_confi
     """
     method, architecture, preset_overrides = flatten_preset(preset_name)
     if method_config_cls is None:
+        from nnssl.methods import METHODS  # imported here: the presets table must not load every method
+
         if method not in METHODS:
             raise ConfigError(
                 f"Preset '{preset_name}' uses method '{method}', which is not registered "
@@ -106,6 +107,8 @@ def resolve_config(preset_name: str, overrides: Sequence[str] = (), method_confi
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Rebuild a :class:`RunConfig` from its JSON form (``config.json`` or a checkpoint's ``config``)."""
+    from nnssl.methods import METHODS
+
     method_cls = METHODS.get(d["method"])
     cfg = RunConfig(
         preset=d["preset"],

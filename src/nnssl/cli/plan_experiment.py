@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-overwrite_plans_name", default=None, help="plans name to write instead of nnsslPlans (file <name>.json)"
     )
+    parser.add_argument(
+        "-storage_precision",
+        default="float32",
+        help="how preprocessing stores image voxels: float32 (lossless, default), float16 (half the disk), or "
+        "mantissa<N> (float32 keeping N of 23 mantissa bits); recorded in the plans",
+    )
     return parser
 
 
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for dataset in args.d:
         try:
-            plan_experiment_for_dataset(dataset, plans_name=args.overwrite_plans_name, planner=args.pl)
+            plan_experiment_for_dataset(
+                dataset, plans_name=args.overwrite_plans_name, planner=args.pl, storage_precision=args.storage_precision
+            )
         except (MissingEnvironmentVariable, FileNotFoundError, ValueError) as err:
             sys.stderr.write(f"nnssl_plan_experiment: error: {err}\n")
             return 1

@@ -54,6 +54,7 @@ class MAE(SSLMethod):
     """Masked autoencoder; ``backbone()`` is the downstream network (ResidualEncoderUNet or dna Primus)."""
 
     config_cls = MAEConfig
+    batch_masks = ("anonymization_mask",)  # read by forward when cfg.ignore_anonymized
 
     def __init__(
         self, cfg: MAEConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1

@@ -24,6 +24,7 @@ the merged files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nnssl.data.case_store import case_is_complete, data_path, mask_path, write_case
+from nnssl.data.case_store import DEFAULT_FORMAT, case_is_complete, data_path, mask_path, write_case
 from nnssl.data.collection import Collection, IndependentImage
 from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
@@ -141,7 +142,8 @@ def _preprocess_one(task: tuple[dict[str, Any], str, dict[str, Any], dict[str, A
         props.update({"unique_id": image.unique_id, "image_path": image.image_path})
         props["source_masks"] = {"anatomy": image.anatomy_mask, "anonymization": image.anonymization_mask}
         _remove_leftovers(stem)
-        write_case(stem, data, props, masks)
+        fmt = dataclasses.replace(DEFAULT_FORMAT, precision=config_plan.get("storage_precision", "float32"))
+        write_case(stem, data, props, masks, fmt)
         return {"unique_id": image.unique_id, "status": "ok"}
     except Exception as err:  # one bad case must never stop the run; the reason is recorded for the user
         reason = str(err) if isinstance(err, (ValueError, RuntimeError)) else f"{type(err).__name__}: {err}"
