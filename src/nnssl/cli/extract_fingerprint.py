@@ -11,9 +11,6 @@ import argparse
 import logging
 import sys
 
-from nnssl.paths import MissingEnvironmentVariable
-from nnssl.planning.fingerprint import default_num_processes, extract_fingerprint_for_dataset
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (upstream flags)."""
@@ -26,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-np",
         type=int,
-        default=default_num_processes(),
+        default=None,
         help="number of worker processes (default: $nnUNet_def_n_proc or 8)",
     )
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if it exists")
@@ -38,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnssl_extract_fingerprint``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from nnssl.paths import MissingEnvironmentVariable
+    from nnssl.planning.fingerprint import default_num_processes, extract_fingerprint_for_dataset
+
+    num_processes = default_num_processes() if args.np is None else args.np
     try:
-        extract_fingerprint_for_dataset(args.d, num_processes=args.np, clean=args.clean)
+        extract_fingerprint_for_dataset(args.d, num_processes=num_processes, clean=args.clean)
     except (MissingEnvironmentVariable, FileNotFoundError, ValueError) as err:
         sys.stderr.write(f"nnssl_extract_fingerprint: error: {err}\n")
         return 1

@@ -10,9 +10,6 @@ import argparse
 import logging
 import sys
 
-from nnssl.paths import MissingEnvironmentVariable
-from nnssl.planning.planner import PLANNERS, plan_experiment_for_dataset
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (upstream flags plus -overwrite_plans_name)."""
@@ -25,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-pl",
         default="ExperimentPlanner",
-        help=f"experiment planner (default ExperimentPlanner; known: {', '.join(PLANNERS.names())})",
+        help="experiment planner (default ExperimentPlanner; an unknown name lists the known ones)",
     )
     parser.add_argument(
         "-overwrite_plans_name", default=None, help="plans name to write instead of nnsslPlans (file <name>.json)"
@@ -43,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnssl_plan_experiment``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from nnssl.paths import MissingEnvironmentVariable
+    from nnssl.planning.planner import PLANNERS, plan_experiment_for_dataset
+
     if args.pl not in PLANNERS:
         try:
             PLANNERS.get(args.pl)

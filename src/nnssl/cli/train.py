@@ -17,6 +17,7 @@ from nnssl.presets import DEFAULT_PRESET, preset_table
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that end a run with a message and exit code 1 (imported here: ``--help`` stays fast)."""
+    from nnssl.data.loader import UnreadableCasesError
     from nnssl.engine.checkpoint import CheckpointError
     from nnssl.engine.run import RunError
     from nnssl.engine.trainer import NonFiniteTrainingError, ResumeMismatchError
@@ -31,6 +32,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         NonFiniteTrainingError,
         MissingEnvironmentVariable,
         FileNotFoundError,
+        UnreadableCasesError,
     )
 
 

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -180,7 +181,7 @@ class BatchCollator:
     def __init__(self, patch_size: Sequence[int], pin: bool = False) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.pin = pin
-        self._pool: dict[str, torch.Tensor] = {}
+        self._pool: dict[str, tuple[torch.Tensor, torch.UntypedStorage]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": {}}
@@ -230,17 +231,26 @@ class BatchCollator:
             proto = torch.empty(0, dtype=dtype)
             storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
             return proto.new(storage).resize_(shape)
-        cached = self._pool.get(key)
+        cached, storage = self._pool.get(key, (None, None))
+        # free when nothing but the pool holds the tensor (the pool's tuple, ``cached`` and getrefcount's argument)
+        # and its memory (the pool's tensor and storage object): a caller's batch or any view of it adds to these
         if (
             cached is not None
             and tuple(cached.shape) == shape
             and cached.dtype == dtype
-            and torch._C._storage_Use_Count(cached.untyped_storage()._cdata) == 1
+            and sys.getrefcount(cached) == 3
+            and _use_count(storage) == 2
         ):
             return cached
         fresh = torch.empty(shape, dtype=dtype, pin_memory=self.pin and torch.cuda.is_available())
-        self._pool[key] = fresh
+        self._pool[key] = (fresh, fresh.untyped_storage())
         return fresh
+
+
+def _use_count(storage: torch.UntypedStorage) -> int:
+    """How many tensors and storage objects hold ``storage`` (0 where torch does not say: never reuse)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return int(count(storage._cdata)) if count is not None else 0
 
 
 def _torch_dtype(present: Any, deferred: list[tuple[int, DeferredResampling]], key: str) -> torch.dtype:
