@@ -2,7 +2,7 @@
 
 Layout of one case with stem ``<dir>/<name>``::
 
-    <name>.b2nd          float32 image (C, X, Y, Z)
+    <name>.b2nd          image (C, X, Y, Z), float32 (or float16 with storage_precision float16)
     <name>__anat.b2nd    int8 anatomy mask (1, X, Y, Z), 1 = anatomy      (optional)
     <name>__anon.b2nd    int8 anonymization mask (1, X, Y, Z), 1 = defaced (optional)
     <name>.json          properties (spacing, cropping bbox, normalization, ...) - written last
@@ -10,10 +10,15 @@ Layout of one case with stem ``<dir>/<name>``::
 Every file is written under a temporary name (:func:`nnssl.serialization.atomic_path`) and renamed, and the
 properties JSON is renamed last, so its presence marks a complete case (:func:`case_is_complete`). No pickle.
 
-Chunking is chosen for random patch reads (training reads 160^3 patches): chunks are cubes of side ~64 and blocks
-cubes of side 16 (see :func:`chunk_and_block_shape`); a 160^3 read then decompresses at most ceil(160/64)+1 = 4
-chunks per axis instead of the whole volume. The codec is LZ4HC (level 5, byte shuffle): about 3x faster to decode
-than ZSTD at ~30% more bytes on disk, measured on the demo volumes; ``benchmarks/preprocess.py`` measures the reads.
+Format (:class:`StoreFormat`, chosen with ``benchmarks/store_codecs.py`` on the preprocessed demo volumes; figures
+in documentation/data_path.md): LZ4HC level 9, byte shuffle with split streams, 64^3 chunks of 32^3 blocks. A
+160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 6% larger and decodes 2x
+faster; against the previous LZ4HC-5/16^3 default 4% smaller at the same decode speed. No lossless codec measured
+was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.97-0.99 of its size at 0.9-1.1x its
+decode speed). ``precision`` "float16" (half the bytes of upstream's store, 3.3x faster decode, relative error
+below 2^-11) or "mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
+of every case is recorded in its properties (``storage``) with the file checksums (``checksums``), and blosc2
+decodes any codec, so stores written with older formats stay readable.
 """
 
 from __future__ import annotations
