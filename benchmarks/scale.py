@@ -30,6 +30,7 @@ from nnssl.serialization import save_json
 
 VOLUMES = ("anatomical.nii", "KmeansTest_T1UCharRaw.nii.gz", "ct_brain_atlas_1mm.nii.gz")
 IMAGES_PER_SUBJECT = 2
+LINKS_PER_FILE = 30_000
 
 
 def collection_dict(name: str, n: int, path_of) -> dict:
@@ -68,7 +69,7 @@ def run_size(n: int, work: Path, fingerprint: bool, num_processes: int) -> None:
     raw = raw_folder() / name
     files = raw / "files"
     files.mkdir(parents=True)
-    sources = [demo_asset(v) for v in VOLUMES]
+    sources = [demo_asset(v) for v in VOLUMES]  # 114,000 / 3 = 38,000 links each, under ext4's 65,000
     suffixes = [".nii" if v.endswith(".nii") else ".nii.gz" for v in VOLUMES]
     for i in range(n):
         os.link(sources[i % len(sources)], files / f"img{i}{suffixes[i % len(sources)]}")
@@ -87,10 +88,12 @@ def run_size(n: int, work: Path, fingerprint: bool, num_processes: int) -> None:
     case_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     volume = rng.standard_normal((1, 170, 200, 170)).astype(np.float32)
-    write_case(work / "one_case", volume, {"spacing": [1.0, 1.0, 1.0]})
+    copies = n // LINKS_PER_FILE + 1  # file systems cap the links per file (ext4: 65,000)
+    for c in range(copies):
+        write_case(work / f"case_{n}_{c}", volume, {"spacing": [1.0, 1.0, 1.0]})
     for i in range(n):
         for suffix in (".b2nd", ".json"):
-            os.link(work / f"one_case{suffix}", case_dir / f"img{i}{suffix}")
+            os.link(work / f"case_{n}_{i // LINKS_PER_FILE}{suffix}", case_dir / f"img{i}{suffix}")
     stored = collection_dict(name, n, lambda i: f"$nnssl_preprocessed/{name}/nnsslPlans_onemmiso/cases/img{i}.b2nd")
     save_json(stored, pre / "pretrain_data__onemmiso.json")
     cases = timed("preprocessed_images (every case complete?)", n, lambda: preprocessed_images(name, "onemmiso"))
