@@ -16,7 +16,6 @@ to 256^3, OpenMind-sized; or the ``.b2nd`` cases under ``--cases``), in one run 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -39,23 +38,6 @@ PATCH = (160, 160, 160)
 BATCH = 8
 SCRIPTS = ("nnssl_train", "nnssl_preprocess", "nnssl_plan_and_preprocess", "nnssl_extract_fingerprint",
            "nnssl_plan_experiment", "nnssl_convert_openmind", "nnssl_demo", "nnssl_verify_dataset")  # fmt: skip
-
-
-def demo_cases(work: Path) -> list[Path]:
-    """The demo volumes preprocessed (onemmiso) under ``work``."""
-    for name in ("nnssl_raw", "nnssl_preprocessed", "nnssl_results"):
-        (work / name).mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(work / name)
-    from nnssl.data.demo import DEMO_DATASET_NAME, write_demo_dataset
-    from nnssl.planning.fingerprint import extract_fingerprint_for_dataset
-    from nnssl.planning.planner import plan_experiment_for_dataset
-    from nnssl.preprocessing.api import preprocess_dataset, preprocessed_images
-
-    write_demo_dataset()
-    extract_fingerprint_for_dataset(DEMO_DATASET_NAME, num_processes=1, clean=True, progress=False)
-    plan_experiment_for_dataset(DEMO_DATASET_NAME)
-    preprocess_dataset(DEMO_DATASET_NAME, ["onemmiso"], num_processes=2, progress=False)
-    return [Path(i.image_path) for i in preprocessed_images(DEMO_DATASET_NAME, "onemmiso")]
 
 
 def padded_case(paths: list[Path], work: Path) -> Path:
@@ -170,7 +152,9 @@ def main() -> None:
         if args.cases:
             paths = sorted(p for p in args.cases.rglob("*.b2nd") if "__an" not in p.name and "nnssl_tmp" not in p.name)
         else:
-            paths = demo_cases(work / "pipeline")
+            from store_codecs import preprocess_demo  # benchmarks/ is on sys.path when a script runs
+
+            paths = preprocess_demo(work / "pipeline")
         big = padded_case(paths, work)
         print(f"{len(paths)} real cases + {big.name} {tuple(open_case(big).data.shape)}")
         plain_batches([*paths, big], args.batches)
