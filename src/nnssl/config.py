@@ -62,6 +62,12 @@ class DataConfig:
 
     ``interpolation_order`` is used for rotated or scaled images: 1 (trilinear, as nnU-Net's batchgeneratorsv2)
     or 3 (cubic spline, as upstream nnssl's batchgenerators v1; several times slower on the CPU). Masks use 0.
+
+    ``spatial_augmentation_device``: ``"cpu"`` resamples rotated/scaled samples in the loader workers; ``"cuda"``
+    sends their source regions to the training device and resamples them there (trilinear ``grid_sample``; needs
+    ``-device cuda``, ``interpolation_order=1`` and a method without a per-sample transform, e.g. MAE).
+    ``max_unreadable_fraction``: training skips cases that cannot be decoded, with a warning, and stops when more
+    than this fraction of a loader's cases failed.
     """
 
     num_workers: int = 2
@@ -73,6 +79,8 @@ class DataConfig:
     interpolation_order: int = 1
     anatomy_crop_p: float = 0.0
     num_val_subjects_min: int = 5
+    spatial_augmentation_device: str = "cpu"
+    max_unreadable_fraction: float = 0.05
 
 
 @dataclass

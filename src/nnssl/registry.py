@@ -15,11 +15,21 @@ class Registry(Generic[T]):
     >>> READERS = Registry("image reader")
     >>> @READERS.register("sitk")
     ... def read(path): ...
+
+    ``loader`` (optional) fills the registry on the first lookup (``get``, ``names``, ``in``, iteration, ``len``),
+    so that importing the module that holds the registry stays cheap (presets need every method imported);
+    ``add`` never triggers it, so the loader itself can add entries.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            loader()
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that adds its target under ``name``; a duplicate name is an error."""
@@ -38,6 +48,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry named ``name``; an unknown name raises KeyError with the closest names."""
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -49,13 +60,16 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)

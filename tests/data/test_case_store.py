@@ -43,9 +43,11 @@ def test_round_trip_and_partial_slicing(tmp_path):
 
 
 def test_chunks_tile_large_volumes():
-    chunks, blocks = chunk_and_block_shape((1, 200, 240, 30))
+    chunks, blocks = chunk_and_block_shape((1, 200, 240, 30), chunk_side=64, block_side=16)
     assert chunks == (1, 64, 64, 32) and blocks == (1, 16, 16, 16)
     assert all(c % b == 0 for c, b in zip(chunks, blocks))
+    chunks, blocks = chunk_and_block_shape((1, 200, 240, 30))  # the default: 64^3 chunks of 32^3 blocks
+    assert chunks == (1, 64, 64, 30) and blocks == (1, 32, 32, 30)
 
 
 def test_missing_json_or_leftover_temp_is_incomplete(tmp_path):
@@ -72,3 +74,43 @@ def test_wrong_mask_grid_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="anatomy mask"):
         write_case(tmp_path / "img", data, {"spacing": [1, 1, 1]}, masks)
     assert not case_is_complete(tmp_path / "img")
+
+
+def test_formats_round_trip_and_old_stores_stay_readable(tmp_path):
+    """Lossless default, float16 and mantissa truncation round-trip within their error; every format reads back."""
+    from nnssl.config import DataConfig
+    from nnssl.data.case_store import DEFAULT_FORMAT, StoreFormat
+    from nnssl.data.sampling import PatchSampler
+
+    data, masks = _case(np.random.default_rng(3))
+    formats = {
+        "default": DEFAULT_FORMAT,
+        "previous LZ4HC-5": StoreFormat("LZ4HC", 5, block_side=16, splitmode="AUTO_SPLIT"),
+        "upstream-like ZSTD-8": StoreFormat("ZSTD", 8, block_side=16, splitmode="AUTO_SPLIT"),
+        "float16": StoreFormat(precision="float16"),
+        "mantissa10": StoreFormat(precision="mantissa10"),
+    }
+    tolerance = {"float16": 2**-11, "mantissa10": 2**-10}
+    for name, fmt in formats.items():
+        stem = tmp_path / name.replace(" ", "_")
+        write_case(stem, data, {"unique_id": name}, masks, fmt)
+        case = open_case(stem)
+        assert case.properties["storage"]["precision"] == fmt.precision
+        assert set(case.properties["checksums"]) == {"image", "anatomy", "anonymization"}
+        stored = np.asarray(case.data[:], dtype=np.float32)
+        relative = np.abs(stored - data) / np.maximum(np.abs(data), 1e-3)
+        assert relative.max() <= tolerance.get(name, 0.0), name
+        assert (name == "float16") == (case.data.dtype == np.float16)
+        np.testing.assert_array_equal(case.masks["anatomy"][:], masks["anatomy"].astype(np.int8))
+        sampler = PatchSampler([stem], (16, 16, 16), DataConfig(rotation_p=0, scale_p=0, mirror_axes=()))
+        assert sampler.sample(0, np.random.default_rng(0))["image"].shape == (1, 16, 16, 16)
+
+
+def test_float16_storage_refuses_values_beyond_its_range(tmp_path):
+    from nnssl.data.case_store import StoreFormat
+
+    data = np.full((1, 8, 8, 8), 1e5, dtype=np.float32)
+    with pytest.raises(ValueError, match="do not fit storage precision float16"):
+        write_case(tmp_path / "big", data, {}, None, StoreFormat(precision="float16"))
+    with pytest.raises(ValueError, match="Unknown storage precision 'mantissa30'"):
+        StoreFormat(precision="mantissa30")

@@ -47,13 +47,13 @@ def _same(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_train_batches_are_reproducible_and_rank_specific(cases: list[Path]) -> None:
-    loader0 = build_train_loader(cases, _cfg(0), None)
+    loader0 = build_train_loader(cases, _cfg(0), None, masks=("anatomy_mask",))
     first = _take(loader0.make_iter(4))
     assert first[0]["image"].shape == (2, 1, 16, 16, 16) and first[0]["image"].dtype == torch.float32
     assert first[0]["anatomy_mask"].dtype == torch.int8
     assert _same(first, _take(loader0.make_iter(4)))  # same epoch again
     assert not _same(first, _take(loader0.make_iter(5)))  # next epoch differs
-    workers = build_train_loader(cases, _cfg(2), None)
+    workers = build_train_loader(cases, _cfg(2), None, masks=("anatomy_mask",))
     assert _same(first, _take(workers.make_iter(4)))  # worker count does not matter
     assert _same(_take(loader0.make_iter(6)), _take(workers.make_iter(6)))  # persistent workers see new epochs
     other_rank = build_train_loader(cases, _cfg(0), None, rank=1, world_size=2)

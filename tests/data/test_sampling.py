@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from nnssl.config import DataConfig
 from nnssl.data.sampling import PatchSampler, crop_bounds
@@ -47,8 +48,8 @@ def _read_shape(key: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in key[1:])
 
 
-def _sampler(case: FakeCase, cfg: DataConfig, augment: bool = True) -> PatchSampler:
-    return PatchSampler(["c0"], PATCH, cfg, augment=augment, open_fn=lambda _: case)
+def _sampler(case: FakeCase, cfg: DataConfig, augment: bool = True, masks=("anatomy_mask",)) -> PatchSampler:
+    return PatchSampler(["c0"], PATCH, cfg, augment=augment, open_fn=lambda _: case, masks=masks)
 
 
 def _case(shape=(40, 36, 44), anatomy: np.ndarray | None = None) -> FakeCase:
@@ -195,7 +196,7 @@ def test_real_blosc2_case(tmp_path: Path) -> None:
     anatomy[:, 5:30, 5:30, 5:25] = 1
     write_case(tmp_path / "case", data, {"unique_id": "u1"}, {"anatomy": anatomy})
     cfg = DataConfig(rotation_p=0.5, scale_p=0.5, anatomy_crop_p=0.5)
-    sampler = PatchSampler([tmp_path / "case.b2nd"], (32, 32, 32), cfg)
+    sampler = PatchSampler([tmp_path / "case.b2nd"], (32, 32, 32), cfg, masks=("anatomy_mask",))
     for i in range(6):
         out = sampler.sample(0, np.random.default_rng(i))
         assert out["image"].shape == (1, 32, 32, 32) and out["anatomy_mask"].shape == (1, 32, 32, 32)
@@ -220,19 +221,24 @@ def test_sampler_rejects_empty_lists() -> None:
         PatchSampler([], PATCH, DataConfig())
 
 
-def test_cases_with_and_without_masks_give_the_same_keys() -> None:
-    """A batch may mix cases with and without stored masks: missing ones are filled (anatomy 1, anonymization 0)."""
-    from torch.utils.data import default_collate
+def test_samples_carry_only_requested_stored_masks_and_the_batch_fills_the_rest() -> None:
+    """Masks travel only when the method asks for them and the case stores them; collation fills the gaps."""
+    from nnssl.data.loader import BatchCollator
 
     shape = (40, 36, 44)
     with_mask = _case(shape=shape, anatomy=np.zeros((1, *shape), dtype=np.int8))
     without = _case(shape=shape)
     cfg = DataConfig(rotation_p=0.0, scale_p=0.0)
     rng = np.random.default_rng(0)
-    a = _sampler(with_mask, cfg).sample(0, rng)
-    b = _sampler(without, cfg).sample(0, rng)
-    assert set(a) == set(b) == {"image", "anatomy_mask", "anonymization_mask", "unique_id"}
-    assert a["anatomy_mask"].sum() == 0 and np.all(b["anatomy_mask"] == 1)
-    assert np.all(a["anonymization_mask"] == 0) and np.all(b["anonymization_mask"] == 0)
-    batch = default_collate([a, b])
-    assert tuple(batch["anatomy_mask"].shape) == (2, 1, *PATCH)
+    assert set(_sampler(with_mask, cfg, masks=()).sample(0, rng)) == {"image", "unique_id"}
+    a = _sampler(with_mask, cfg, masks=("anatomy_mask", "anonymization_mask")).sample(0, rng)
+    b = _sampler(without, cfg, masks=("anatomy_mask", "anonymization_mask")).sample(0, rng)
+    assert set(a) == {"image", "anatomy_mask", "unique_id"} and set(b) == {"image", "unique_id"}
+    batch = BatchCollator(PATCH)([a, b])
+    assert set(batch) == {"image", "anatomy_mask", "unique_id"}  # no sample stores an anonymization mask
+    assert tuple(batch["anatomy_mask"].shape) == (2, 1, *PATCH) and batch["anatomy_mask"].dtype == torch.int8
+    assert int(batch["anatomy_mask"][0].sum()) == 0 and bool((batch["anatomy_mask"][1] == 1).all())
+    np.testing.assert_array_equal(batch["image"][0].numpy(), a["image"])
+    assert batch["unique_id"] == ["case0", "case0"]
+    with pytest.raises(ValueError, match="Unknown batch mask"):
+        _sampler(without, cfg, masks=("brain_mask",))

@@ -106,7 +106,7 @@ def test_plans_file_keys_and_round_trip(dataset: Path, tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert list(data) == [*UPSTREAM_PLAN_KEYS, "canonical_orientation"]
     for config in data["configurations"].values():
-        assert list(config) == [*UPSTREAM_CONFIG_KEYS, "normalization_by_modality"]
+        assert list(config) == [*UPSTREAM_CONFIG_KEYS, "normalization_by_modality", "storage_precision"]
     assert Plan.load(path) == plan
     assert Plan.load(path).to_dict() == data
 
@@ -122,10 +122,16 @@ def test_upstream_files_load(dataset: Path, tmp_path: Path) -> None:
     del data["canonical_orientation"]
     for config in data["configurations"].values():
         del config["normalization_by_modality"]
+        del config["storage_precision"]
         config["patch_size"] = None
     save_json(data, tmp_path / "upstream.json")
     plan = Plan.load(tmp_path / "upstream.json")
     assert plan.configuration("onemmiso").normalization_for("CT") == "CTNormalization"
+    assert plan.configuration("onemmiso").storage_precision == "float32"
+    data["configurations"]["onemmiso"]["storage_precision"] = "float8"
+    save_json(data, tmp_path / "bad_precision.json")
+    with pytest.raises(PlanError, match=r"configurations\.onemmiso: storage_precision: Unknown storage precision"):
+        Plan.load(tmp_path / "bad_precision.json")
     assert plan.configuration("onemmiso").patch_size is None
 
 

@@ -18,12 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnssl.cli.train import USER_ERRORS
-from nnssl.data.demo import DEMO_DATASET_NAME, write_demo_dataset
-from nnssl.engine.run import RunRequest, configure_console_logging, run_training
-from nnssl.planning.fingerprint import extract_fingerprint_for_dataset
-from nnssl.planning.planner import plan_experiment_for_dataset
-from nnssl.preprocessing.api import preprocess_dataset
+from nnssl.cli.train import user_errors
 
 logger = logging.getLogger("nnssl.demo")
 
@@ -54,6 +49,12 @@ def _use_output_dir(output_dir: Path) -> dict[str, Path]:
 
 def run_demo(args: argparse.Namespace) -> Path:
     """Run every step; returns the training output folder."""
+    from nnssl.data.demo import DEMO_DATASET_NAME, write_demo_dataset
+    from nnssl.engine.run import RunRequest, run_training
+    from nnssl.planning.fingerprint import extract_fingerprint_for_dataset
+    from nnssl.planning.planner import plan_experiment_for_dataset
+    from nnssl.preprocessing.api import preprocess_dataset
+
     output_dir = Path(args.output_dir).resolve()
     _use_output_dir(output_dir)
     started = time.perf_counter()
@@ -79,10 +80,12 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from nnssl.engine.run import configure_console_logging
+
     configure_console_logging()
     try:
         folder = run_demo(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     checkpoint = folder / "checkpoint_final.pth"

@@ -11,8 +11,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.cli.common import SETUP_ERRORS, add_max_voxels_argument, error_message
-from nnssl.planning.fingerprint import default_num_processes, extract_fingerprint_for_dataset
+from nnssl.cli.common import add_max_voxels_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-np",
         type=int,
-        default=default_num_processes(),
+        default=None,
         help="number of worker processes (default: $nnUNet_def_n_proc or 8)",
     )
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if it exists")
@@ -39,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnssl_extract_fingerprint``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from nnssl.cli.common import SETUP_ERRORS, error_message
+    from nnssl.planning.fingerprint import default_num_processes, extract_fingerprint_for_dataset
+
+    num_processes = default_num_processes() if args.np is None else args.np
     try:
-        extract_fingerprint_for_dataset(args.d, num_processes=args.np, clean=args.clean, max_voxels=args.max_voxels)
+        extract_fingerprint_for_dataset(
+            args.d, num_processes=num_processes, clean=args.clean, max_voxels=args.max_voxels
+        )
     except SETUP_ERRORS as err:
         sys.stderr.write(f"nnssl_extract_fingerprint: error: {error_message(err)}\n")
         return 1

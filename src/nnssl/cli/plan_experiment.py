@@ -10,9 +10,6 @@ import argparse
 import logging
 import sys
 
-from nnssl.paths import MissingEnvironmentVariable
-from nnssl.planning.planner import PLANNERS, plan_experiment_for_dataset
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (upstream flags plus -overwrite_plans_name)."""
@@ -25,10 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-pl",
         default="ExperimentPlanner",
-        help=f"experiment planner (default ExperimentPlanner; known: {', '.join(PLANNERS.names())})",
+        help="experiment planner (default ExperimentPlanner; an unknown name lists the known ones)",
     )
     parser.add_argument(
         "-overwrite_plans_name", default=None, help="plans name to write instead of nnsslPlans (file <name>.json)"
+    )
+    parser.add_argument(
+        "-storage_precision",
+        default="float32",
+        help="how preprocessing stores image voxels: float32 (lossless, default), float16 (half the disk), or "
+        "mantissa<N> (float32 keeping N of 23 mantissa bits); recorded in the plans",
     )
     return parser
 
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnssl_plan_experiment``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from nnssl.paths import MissingEnvironmentVariable
+    from nnssl.planning.planner import PLANNERS, plan_experiment_for_dataset
+
     if args.pl not in PLANNERS:
         try:
             PLANNERS.get(args.pl)
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for dataset in args.d:
         try:
-            plan_experiment_for_dataset(dataset, plans_name=args.overwrite_plans_name, planner=args.pl)
+            plan_experiment_for_dataset(
+                dataset, plans_name=args.overwrite_plans_name, planner=args.pl, storage_precision=args.storage_precision
+            )
         except (MissingEnvironmentVariable, FileNotFoundError, ValueError) as err:
             sys.stderr.write(f"nnssl_plan_experiment: error: {err}\n")
             return 1

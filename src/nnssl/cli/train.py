@@ -12,22 +12,28 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnssl.engine.checkpoint import CheckpointError
-from nnssl.engine.run import RunError, RunRequest, configure_console_logging, run_training
-from nnssl.engine.trainer import NonFiniteTrainingError, ResumeMismatchError
-from nnssl.overrides import ConfigError
-from nnssl.paths import MissingEnvironmentVariable
 from nnssl.presets import DEFAULT_PRESET, preset_table
 
-USER_ERRORS = (
-    RunError,
-    ConfigError,
-    CheckpointError,
-    ResumeMismatchError,
-    NonFiniteTrainingError,
-    MissingEnvironmentVariable,
-    FileNotFoundError,
-)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that end a run with a message and exit code 1 (imported here: ``--help`` stays fast)."""
+    from nnssl.data.loader import UnreadableCasesError
+    from nnssl.engine.checkpoint import CheckpointError
+    from nnssl.engine.run import RunError
+    from nnssl.engine.trainer import NonFiniteTrainingError, ResumeMismatchError
+    from nnssl.overrides import ConfigError
+    from nnssl.paths import MissingEnvironmentVariable
+
+    return (
+        RunError,
+        ConfigError,
+        CheckpointError,
+        ResumeMismatchError,
+        NonFiniteTrainingError,
+        MissingEnvironmentVariable,
+        FileNotFoundError,
+        UnreadableCasesError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("DATASET and CONFIGURATION are required (or use --list).")
     if args.num_gpus < 1:
         parser.error("-num_gpus must be at least 1.")
+    from nnssl.engine.run import RunRequest, configure_console_logging, run_training
+
     configure_console_logging()
     request = RunRequest(
         dataset=args.dataset_name_or_id,
@@ -86,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         run_training(request)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         sys.stderr.write(f"nnssl_train: error: {err}\n")
         return 1
     return 0

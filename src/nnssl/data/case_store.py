@@ -2,7 +2,7 @@
 
 Layout of one case with stem ``<dir>/<name>``::
 
-    <name>.b2nd          float32 image (C, X, Y, Z)
+    <name>.b2nd          image (C, X, Y, Z), float32 (or float16 with storage_precision float16)
     <name>__anat.b2nd    int8 anatomy mask (1, X, Y, Z), 1 = anatomy      (optional)
     <name>__anon.b2nd    int8 anonymization mask (1, X, Y, Z), 1 = defaced (optional)
     <name>.json          properties (spacing, cropping bbox, normalization, ...) - written last
@@ -10,16 +10,23 @@ Layout of one case with stem ``<dir>/<name>``::
 Every file is written under a temporary name (:func:`nnssl.serialization.atomic_path`) and renamed, and the
 properties JSON is renamed last, so its presence marks a complete case (:func:`case_is_complete`). No pickle.
 
-Chunking is chosen for random patch reads (training reads 160^3 patches): chunks are cubes of side ~64 and blocks
-cubes of side 16 (see :func:`chunk_and_block_shape`); a 160^3 read then decompresses at most ceil(160/64)+1 = 4
-chunks per axis instead of the whole volume. The codec is LZ4HC (level 5, byte shuffle): about 3x faster to decode
-than ZSTD at ~30% more bytes on disk, measured on the demo volumes; ``benchmarks/preprocess.py`` measures the reads.
+Format (:class:`StoreFormat`, chosen with ``benchmarks/store_codecs.py`` on the preprocessed demo volumes; figures
+in documentation/data_path.md): LZ4HC level 9, byte shuffle with split streams, 64^3 chunks of 32^3 blocks. A
+160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 6% larger and decodes 2x
+faster; against the previous LZ4HC-5/16^3 default 4% smaller at the same decode speed. No lossless codec measured
+was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.97-0.99 of its size at 0.9-1.1x its
+decode speed). ``precision`` "float16" (half the bytes of upstream's store, 3.3x faster decode, relative error
+below 2^-11) or "mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
+of every case is recorded in its properties (``storage``) with the file checksums (``checksums``), and blosc2
+decodes any codec, so stores written with older formats stay readable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +40,88 @@ from nnssl.serialization import atomic_path, is_temporary, load_json, save_json
 MASK_SUFFIXES = {"anatomy": "__anat", "anonymization": "__anon"}
 DATA_SUFFIX = ".b2nd"
 PROPERTIES_SUFFIX = ".json"
-CHUNK_SIDE = 64
-BLOCK_SIDE = 16
-CODEC = blosc2.Codec.LZ4HC
-CLEVEL = 5
+PRECISIONS_HELP = "'float32' (lossless), 'float16', or 'mantissa<N>' (float32 keeping N of 23 mantissa bits, 1..22)"
+
+
+class CaseReadError(RuntimeError):
+    """A stored case that cannot be opened or decoded; the message names its unique id and file."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str], unique_id: str | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.unique_id = unique_id
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """How arrays are compressed: codec, level, filters (in order), chunk/block cube sides, split mode, precision.
+
+    ``precision`` applies to the image only (masks are int8): ``"float32"`` is lossless; ``"float16"`` stores
+    half floats (the loader returns float32); ``"mantissa<N>"`` keeps float32 but zeroes all but N mantissa
+    bits (blosc2's TRUNC_PREC filter), which compresses better at a relative error below ``2**-N``.
+    """
+
+    codec: str = "LZ4HC"
+    clevel: int = 9
+    filters: tuple[str, ...] = ("SHUFFLE",)
+    chunk_side: int = 64
+    block_side: int = 32
+    precision: str = "float32"
+    splitmode: str = "ALWAYS_SPLIT"
+
+    def __post_init__(self) -> None:
+        if self.codec not in blosc2.Codec.__members__:
+            raise ValueError(f"Unknown blosc2 codec '{self.codec}'; use one of {list(blosc2.Codec.__members__)}.")
+        unknown = [f for f in self.filters if f not in blosc2.Filter.__members__]
+        if unknown:
+            raise ValueError(f"Unknown blosc2 filter(s) {unknown}; use some of {list(blosc2.Filter.__members__)}.")
+        object.__setattr__(self, "filters", tuple(self.filters))
+        if self.splitmode not in blosc2.SplitMode.__members__:
+            known = list(blosc2.SplitMode.__members__)
+            raise ValueError(f"Unknown blosc2 split mode '{self.splitmode}'; use one of {known}.")
+        image_dtype(self.precision)
+
+    def cparams(self, dtype: np.dtype, is_image: bool) -> blosc2.CParams:
+        """blosc2 compression parameters for an array of ``dtype`` (the image or a mask)."""
+        filters, meta = [blosc2.Filter[f] for f in self.filters], [0] * len(self.filters)
+        bits = mantissa_bits(self.precision) if is_image else None
+        if bits is not None:
+            filters, meta = [blosc2.Filter.TRUNC_PREC, *filters], [bits, *meta]
+        return blosc2.CParams(
+            codec=blosc2.Codec[self.codec],
+            clevel=self.clevel,
+            typesize=np.dtype(dtype).itemsize,
+            filters=filters,
+            filters_meta=meta,
+            splitmode=blosc2.SplitMode[self.splitmode],
+            nthreads=min(4, os.cpu_count() or 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def mantissa_bits(precision: str) -> int | None:
+    """N of ``"mantissa<N>"``, None for the other precisions."""
+    if not precision.startswith("mantissa"):
+        return None
+    text = precision[len("mantissa") :]
+    if not text.isdigit() or not 1 <= int(text) <= 22:
+        raise ValueError(f"Unknown storage precision '{precision}'; use {PRECISIONS_HELP}.")
+    return int(text)
+
+
+def image_dtype(precision: str) -> np.dtype:
+    """The dtype the image is stored with under ``precision``; an unknown precision raises ValueError."""
+    if precision == "float16":
+        return np.dtype(np.float16)
+    if precision == "float32" or mantissa_bits(precision) is not None:
+        return np.dtype(np.float32)
+    raise ValueError(f"Unknown storage precision '{precision}'; use {PRECISIONS_HELP}.")
+
+
+#: Chosen by ``benchmarks/store_codecs.py`` on the demo volumes (documentation/case_store.md has the figures).
+DEFAULT_FORMAT = StoreFormat()
 
 
 @dataclass
@@ -76,7 +161,7 @@ def properties_path(stem: str | os.PathLike[str]) -> Path:
 
 
 def chunk_and_block_shape(
-    shape: Sequence[int], chunk_side: int = CHUNK_SIDE, block_side: int = BLOCK_SIDE
+    shape: Sequence[int], chunk_side: int = DEFAULT_FORMAT.chunk_side, block_side: int = DEFAULT_FORMAT.block_side
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Chunks and blocks for a (C, X, Y, Z) array: one channel, cubes of ``chunk_side`` and ``block_side``.
 
@@ -92,20 +177,30 @@ def chunk_and_block_shape(
     return (1, *chunks), (1, *blocks)
 
 
-def _write_array(path: Path, array: np.ndarray) -> None:
-    chunks, blocks = chunk_and_block_shape(array.shape)
-    cparams = blosc2.CParams(
-        codec=CODEC,
-        clevel=CLEVEL,
-        typesize=array.dtype.itemsize,
-        filters=[blosc2.Filter.SHUFFLE],
-        nthreads=min(4, os.cpu_count() or 1),
-    )
+def file_checksum(path: str | os.PathLike[str]) -> str:
+    """``"crc32:<8 hex digits>"`` of a file's bytes (about 1 GB/s; catches any flipped bit or truncation)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return f"crc32:{crc:08x}"
+
+
+def write_array(path: str | os.PathLike[str], array: np.ndarray, fmt: StoreFormat, is_image: bool) -> str:
+    """Write one ``.b2nd`` array atomically in format ``fmt``; returns the file's checksum."""
+    chunks, blocks = chunk_and_block_shape(array.shape, fmt.chunk_side, fmt.block_side)
     with atomic_path(path) as tmp:
         arr = blosc2.asarray(
-            np.ascontiguousarray(array), urlpath=str(tmp), mode="w", chunks=chunks, blocks=blocks, cparams=cparams
+            np.ascontiguousarray(array),
+            urlpath=str(tmp),
+            mode="w",
+            chunks=chunks,
+            blocks=blocks,
+            cparams=fmt.cparams(array.dtype, is_image),
         )
         del arr
+        checksum = file_checksum(tmp)
+    return checksum
 
 
 def write_case(
@@ -113,10 +208,13 @@ def write_case(
     data: np.ndarray,
     properties: dict[str, Any],
     masks: dict[str, np.ndarray] | None = None,
+    fmt: StoreFormat = DEFAULT_FORMAT,
 ) -> None:
-    """Write one case atomically: data (float32), masks (int8, keys "anatomy"/"anonymization"), properties last.
+    """Write one case atomically: data (``fmt.precision``), int8 masks ("anatomy"/"anonymization"), properties last.
 
-    Masks must share the data's spatial grid; a mismatch is an error naming the mask.
+    Masks must share the data's spatial grid; a mismatch is an error naming the mask. The properties record
+    ``storage`` (``fmt``) and ``checksums`` ({"image" | mask kind: :func:`file_checksum`}) for
+    :func:`verify_case`.
     """
     data = np.asarray(data)
     if data.ndim != 4:
@@ -132,14 +230,22 @@ def write_case(
     final_props = properties_path(stem)
     if final_props.exists():
         final_props.unlink()
-    _write_array(data_path(stem), data.astype(np.float32, copy=False))
+    stored = data.astype(image_dtype(fmt.precision), copy=False)
+    if stored.dtype == np.float16 and not np.isfinite(stored).all() and np.isfinite(data).all():
+        raise ValueError(
+            f"{stem}: voxel values up to {float(np.abs(data).max()):.4g} do not fit storage precision {fmt.precision} "
+            "(float16 ends at 65504); store this dataset as float32 (storage_precision in the plans)."
+        )
+    checksums = {"image": write_array(data_path(stem), stored, fmt, True)}
     for kind, mask in masks.items():
-        _write_array(mask_path(stem, kind), np.asarray(mask).astype(np.int8, copy=False))
+        checksums[kind] = write_array(mask_path(stem, kind), np.asarray(mask).astype(np.int8, copy=False), fmt, False)
     for kind in MASK_SUFFIXES:
         if kind not in masks and mask_path(stem, kind).exists():
             mask_path(stem, kind).unlink()
     props = dict(properties)
     props["stored_masks"] = sorted(masks)
+    props["storage"] = fmt.to_dict()
+    props["checksums"] = checksums
     save_json(props, final_props)
 
 
@@ -155,11 +261,16 @@ def case_is_complete(stem: str | os.PathLike[str]) -> bool:
     return all(mask_path(stem, kind).is_file() for kind in props.get("stored_masks", []))
 
 
-def open_case(stem: str | os.PathLike[str], nthreads: int = 1) -> PreprocessedCase:
+def _case_name(stem: str | os.PathLike[str], unique_id: str | None) -> str:
+    return f"case {unique_id} ({data_path(stem)})" if unique_id else f"case {data_path(stem)}"
+
+
+def open_case(stem: str | os.PathLike[str], nthreads: int = 1, unique_id: str | None = None) -> PreprocessedCase:
     """Open a complete case lazily (memory-mapped, read-only).
 
     ``nthreads`` is blosc2's decompression threads per array; 1 suits data-loader worker processes, which
-    already run in parallel.
+    already run in parallel. A case whose files exist but cannot be opened raises :class:`CaseReadError`
+    naming ``unique_id`` (else the properties' ``unique_id``) and the file.
     """
     if is_temporary(stem):
         raise ValueError(f"{stem} is a temporary file of an unfinished write, not a case.")
@@ -169,10 +280,52 @@ def open_case(stem: str | os.PathLike[str], nthreads: int = 1) -> PreprocessedCa
             "Re-run nnssl_preprocess for this dataset; it redoes unfinished cases."
         )
     props = load_json(properties_path(stem))
+    unique_id = unique_id or props.get("unique_id")
     dparams = blosc2.DParams(nthreads=nthreads)
-    data = blosc2.open(str(data_path(stem)), mode="r", mmap_mode="r", dparams=dparams)
-    masks = {
-        kind: blosc2.open(str(mask_path(stem, kind)), mode="r", mmap_mode="r", dparams=dparams)
-        for kind in props.get("stored_masks", [])
-    }
+    current = data_path(stem)
+    try:
+        data = blosc2.open(str(current), mode="r", mmap_mode="r", dparams=dparams)
+        masks = {}
+        for kind in props.get("stored_masks", []):
+            current = mask_path(stem, kind)
+            masks[kind] = blosc2.open(str(current), mode="r", mmap_mode="r", dparams=dparams)
+    except Exception as err:  # blosc2 raises RuntimeError/ValueError/OSError for damaged files
+        raise CaseReadError(
+            f"{_case_name(stem, unique_id)}: cannot open {current.name}: {type(err).__name__}: {err}. "
+            "The file is damaged; list and redo damaged cases with nnssl_verify_dataset --redo.",
+            current,
+            unique_id,
+        ) from err
     return PreprocessedCase(data=data, masks=masks, properties=props)
+
+
+def verify_case(stem: str | os.PathLike[str]) -> list[str]:
+    """Problems of a stored case (empty when it is sound): every chunk of every array is decoded.
+
+    Checks, per array: the file's checksum against the one recorded at writing (cases written before checksums
+    were recorded skip this), that every chunk decodes, and that image values are finite.
+    """
+    if not case_is_complete(stem):
+        return [f"incomplete: {properties_path(stem).name} or an array file is missing"]
+    try:
+        props = load_json(properties_path(stem))
+    except (ValueError, OSError) as err:
+        return [f"{properties_path(stem).name} is unreadable: {err}"]
+    problems = []
+    arrays = {"image": data_path(stem)} | {kind: mask_path(stem, kind) for kind in props.get("stored_masks", [])}
+    recorded = props.get("checksums") or {}
+    for kind, path in arrays.items():
+        if kind in recorded and file_checksum(path) != recorded[kind]:
+            problems.append(f"{path.name}: checksum {file_checksum(path)} differs from {recorded[kind]} recorded")
+            continue
+        try:
+            array = blosc2.open(str(path), mode="r", mmap_mode="r")
+            dtype = array.dtype
+            for i in range(array.schunk.nchunks):
+                chunk = np.frombuffer(array.schunk.decompress_chunk(i), dtype=dtype)
+                if kind == "image" and not np.isfinite(chunk).all():
+                    problems.append(f"{path.name}: chunk {i} holds non-finite values")
+                    break
+        except Exception as err:  # any decoding failure is the finding
+            problems.append(f"{path.name}: cannot be decoded ({type(err).__name__}: {err})")
+    return problems

@@ -12,25 +12,63 @@ torch thread each; memory is pinned when the device is CUDA.
 
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).
+
+Batches (:class:`BatchCollator`). Each array key is copied once, sample by sample, into one batch buffer: shared
+memory in a worker (sent to the main process without another copy), a reused (pinned on CUDA) buffer in the main
+process. Mirrored views and half-precision images are flipped and cast by that one copy. Samples carry only the
+masks the method asks for (``SSLMethod.batch_masks``) and the case stores; a requested mask that some samples of a
+batch lack is filled with :data:`~nnssl.data.sampling.MASK_FILL`, and a batch where no sample has it lacks the key.
+
+Device augmentation (``data.spatial_augmentation_device=cuda``). Rotated/scaled samples leave the workers as their
+source regions; :meth:`TrainLoader.make_iter` resamples them on the training device with the same parameters
+(drawn in the workers from the same keys), so the batch is the CPU path's up to float rounding.
+
+Unreadable cases. A case that cannot be opened or decoded (:class:`~nnssl.data.case_store.CaseReadError`) is
+skipped with a warning naming its unique id and file, and the sample is drawn again from the key extended by the
+attempt number (so a batch without bad cases is unchanged). Each process stops with
+:class:`UnreadableCasesError` when more than ``data.max_unreadable_fraction`` of its cases failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from nnssl.config import RunConfig
-from nnssl.data.sampling import PatchSampler
-from nnssl.engine.distributed import split_batch
+from nnssl.data.case_store import CaseReadError
+from nnssl.data.sampling import DEFERRED_KEY, MASK_FILL, DeferredResampling, PatchSampler
+from nnssl.transforms.spatial import resample_region_torch
+
+logger = logging.getLogger(__name__)
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 VAL_STREAM = 2**31 - 1  # rank slot of validation keys; no real rank reaches it
+MAX_ATTEMPTS = 64  # draws per sample before giving up (only reached when most cases are unreadable)
+SPATIAL_DEVICES = ("cpu", "cuda")
+
+
+class UnreadableCasesError(RuntimeError):
+    """Too many cases of a loader could not be read; the message lists them and the command that repairs them."""
+
+
+def split_batch(total: int, world_size: int) -> list[int]:
+    """Per-rank batch sizes summing to ``total``, as even as possible, larger ones first (8, 3 -> [3, 3, 2])."""
+    if total < world_size:
+        raise ValueError(
+            f"train.batch_size={total} is smaller than the number of processes ({world_size}); "
+            "every process needs at least one sample. Raise the batch size or use fewer GPUs."
+        )
+    base, rest = divmod(total, world_size)
+    return [base + 1 if r < rest else base for r in range(world_size)]
 
 
 def per_rank_batch_size(total: int, rank: int, world_size: int) -> int:
@@ -61,27 +99,184 @@ def _image_paths_and_ids(images: Sequence[Any]) -> tuple[list[str], list[str] | 
     return [str(image.image_path) for image in images], [str(image.unique_id) for image in images]
 
 
+def _contiguous(sample: dict[str, Any]) -> dict[str, Any]:
+    """Sample arrays as a transform expects them: contiguous, image float32 (samples may hold views or float16)."""
+    out = dict(sample)
+    for key, value in sample.items():
+        if isinstance(value, np.ndarray):
+            out[key] = np.ascontiguousarray(value, dtype=np.float32 if key == "image" else value.dtype)
+    return out
+
+
 class _SampleDataset(Dataset):
     """Map-style dataset whose keys are ``(stream, epoch, i)``; ``stream`` is the rank or :data:`VAL_STREAM`."""
 
-    def __init__(self, sampler: PatchSampler, seed: int, transform: Transform | None, cyclic_cases: bool) -> None:
+    def __init__(
+        self,
+        sampler: PatchSampler,
+        seed: int,
+        transform: Transform | None,
+        cyclic_cases: bool,
+        defer_resampling: bool = False,
+        max_unreadable_fraction: float = 0.05,
+    ) -> None:
         self.sampler = sampler
         self.seed = int(seed)
         self.transform = transform
         self.cyclic_cases = cyclic_cases
+        self.defer_resampling = defer_resampling
+        self.max_unreadable_fraction = float(max_unreadable_fraction)
+        self.unreadable: dict[int, str] = {}  # case index -> reason, found by this process
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
         stream, epoch, i = (int(k) for k in key)
-        rng = np.random.default_rng([self.seed, stream, epoch, i])
-        case = i % len(self.sampler) if self.cyclic_cases else int(rng.integers(len(self.sampler)))
-        sample = self.sampler.sample(case, rng)
-        if self.transform is not None:
-            with seeded_global_rngs(int(rng.integers(2**62))):
-                sample = self.transform(sample)
-        return sample
+        for attempt in range(MAX_ATTEMPTS):
+            rng = np.random.default_rng([self.seed, stream, epoch, i, *([attempt] if attempt else [])])
+            if self.cyclic_cases:
+                case = (i + attempt) % len(self.sampler)
+            else:
+                case = int(rng.integers(len(self.sampler)))
+            if case in self.unreadable:
+                continue
+            try:
+                sample = self.sampler.sample(case, rng, defer_resampling=self.defer_resampling)
+            except CaseReadError as err:
+                self._skip(case, err)
+                continue
+            if self.transform is not None:
+                with seeded_global_rngs(int(rng.integers(2**62))):
+                    sample = self.transform(_contiguous(sample))
+            return sample
+        raise UnreadableCasesError(self._summary(f"no readable case in {MAX_ATTEMPTS} draws"))
+
+    def _skip(self, case: int, err: CaseReadError) -> None:
+        self.unreadable[case] = str(err)
+        n, bad = len(self.sampler), len(self.unreadable)
+        logger.warning("Skipping an unreadable case (%d of %d so far in this process): %s", bad, n, err)
+        if bad > self.max_unreadable_fraction * n:
+            raise UnreadableCasesError(
+                self._summary(f"more than data.max_unreadable_fraction={self.max_unreadable_fraction:g} of the cases")
+            )
+
+    def _summary(self, what: str) -> str:
+        listed = "\n".join(f"  {reason}" for reason in list(self.unreadable.values())[:10])
+        return (
+            f"{len(self.unreadable)} of {len(self.sampler)} cases could not be read ({what}):\n{listed}\n"
+            "Find and redo every damaged case with nnssl_verify_dataset -d DATASET -c CONFIGURATION --redo, "
+            "or raise data.max_unreadable_fraction to train on the rest."
+        )
+
+
+class BatchCollator:
+    """Stack samples into batch buffers with one copy per array (see the module docstring).
+
+    ``patch_size`` gives the shape of deferred (device-resampled) samples. ``pin``: main-process buffers are
+    allocated in pinned memory (for CUDA). A main-process buffer is reused for the next batch only when nothing
+    else references it any more (its storage's use count is 1), so batches kept by a caller are never overwritten.
+    """
+
+    def __init__(self, patch_size: Sequence[int], pin: bool = False) -> None:
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.pin = pin
+        self._pool: dict[str, tuple[torch.Tensor, torch.UntypedStorage]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pool": {}}
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        deferred = [(i, s[DEFERRED_KEY]) for i, s in enumerate(samples) if DEFERRED_KEY in s]
+        keys: list[str] = []
+        for sample in samples:
+            keys += [k for k in sample if k not in keys and k != DEFERRED_KEY]
+        for _, item in deferred:
+            keys += [k for k in item.regions if k not in keys]
+        batch: dict[str, Any] = {}
+        for key in keys:
+            values = [s.get(key) for s in samples]
+            arrays = [v for v in values if isinstance(v, (np.ndarray, torch.Tensor))]
+            if arrays or any(key in item.regions for _, item in deferred):
+                batch[key] = self._stack(key, values, deferred)
+            else:
+                batch[key] = default_collate(values) if all(v is not None for v in values) else values
+        if deferred:
+            batch[DEFERRED_KEY] = [(i, item) for i, item in deferred]
+        return batch
+
+    def _stack(self, key: str, values: list[Any], deferred: list[tuple[int, DeferredResampling]]) -> torch.Tensor:
+        present = next((v for v in values if v is not None), None)
+        if present is not None:
+            shape = tuple(present.shape)
+        else:
+            channels = next(item.regions[key].shape[0] for _, item in deferred if key in item.regions)
+            shape = (channels, *self.patch_size)
+        dtype = torch.float32 if key == "image" else _torch_dtype(present, deferred, key)
+        out = self._buffer(key, (len(values), *shape), dtype)
+        target = out.numpy()
+        for i, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                out[i].copy_(value)
+            elif value is not None:
+                np.copyto(target[i], value, casting="unsafe")
+            elif key in MASK_FILL:
+                target[i].fill(MASK_FILL[key])
+            elif not any(j == i for j, _ in deferred):
+                raise KeyError(f"Sample {i} of the batch has no '{key}' while others have it.")
+        return out
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if get_worker_info() is not None:  # shared memory: the main process receives it without a copy
+            proto = torch.empty(0, dtype=dtype)
+            storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
+            return proto.new(storage).resize_(shape)
+        cached, storage = self._pool.get(key, (None, None))
+        # free when nothing but the pool holds the tensor (the pool's tuple, ``cached`` and getrefcount's argument)
+        # and its memory (the pool's tensor and storage object): a caller's batch or any view of it adds to these
+        if (
+            cached is not None
+            and tuple(cached.shape) == shape
+            and cached.dtype == dtype
+            and sys.getrefcount(cached) == 3
+            and _use_count(storage) == 2
+        ):
+            return cached
+        fresh = torch.empty(shape, dtype=dtype, pin_memory=self.pin and torch.cuda.is_available())
+        self._pool[key] = (fresh, fresh.untyped_storage())
+        return fresh
+
+
+def _use_count(storage: torch.UntypedStorage) -> int:
+    """How many tensors and storage objects hold ``storage`` (0 where torch does not say: never reuse)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return int(count(storage._cdata)) if count is not None else 0
+
+
+def _torch_dtype(present: Any, deferred: list[tuple[int, DeferredResampling]], key: str) -> torch.dtype:
+    if isinstance(present, torch.Tensor):
+        return present.dtype
+    array = present if present is not None else next(item.regions[key] for _, item in deferred if key in item.regions)
+    return torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+
+
+def resample_deferred(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move ``batch`` to ``device`` and resample its deferred samples there (trilinear images, nearest masks)."""
+    deferred = batch.pop(DEFERRED_KEY, [])
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    patch = out["image"].shape[2:]
+    for i, item in deferred:
+        for key, region in item.regions.items():
+            if key not in out:
+                continue
+            source = torch.from_numpy(np.ascontiguousarray(region)).to(device, non_blocking=True)
+            if key == "image":
+                source = source.to(torch.float32)
+            out[key][i] = resample_region_torch(source, item.theta, patch, nearest=key != "image")
+        for key, fill in MASK_FILL.items():
+            if key in out and key not in item.regions:
+                out[key][i] = fill
+    return out
 
 
 class _EpochBatches:
@@ -112,16 +307,27 @@ def _worker_init(_: int) -> None:
 class TrainLoader:
     """Reproducible per-epoch training batches; ``make_iter(epoch)`` returns an infinite iterator of batches.
 
-    Starting a new iterator (the next epoch) discards the previous one; workers persist across epochs.
+    Starting a new iterator (the next epoch) discards the previous one; workers persist across epochs. With
+    ``augment_on`` (a device), batches are moved there and their deferred samples resampled there.
     """
 
-    def __init__(self, dataset: _SampleDataset, batch_sampler: _EpochBatches, num_workers: int, pin: bool) -> None:
+    def __init__(
+        self,
+        dataset: _SampleDataset,
+        batch_sampler: _EpochBatches,
+        num_workers: int,
+        pin: bool,
+        collate: BatchCollator,
+        augment_on: torch.device | None = None,
+    ) -> None:
         self.batch_sampler = batch_sampler
         self.per_rank_batch_size = batch_sampler.batch_size
+        self.augment_on = augment_on
         self.loader = DataLoader(
             dataset,
             batch_sampler=batch_sampler,
             num_workers=num_workers,
+            collate_fn=collate,
             pin_memory=pin,
             persistent_workers=num_workers > 0,
             worker_init_fn=_worker_init if num_workers > 0 else None,
@@ -132,9 +338,36 @@ class TrainLoader:
     def make_iter(self, epoch: int) -> Iterator[dict[str, Any]]:
         """Batches of ``epoch``: ``{"image": (B, C, *patch) float32 tensor, masks, "unique_id": [str]}``."""
         self.batch_sampler.epoch = int(epoch)
-        return iter(self.loader)
+        if self.augment_on is None:
+            return iter(self.loader)
+        return (resample_deferred(batch, self.augment_on) for batch in self.loader)
 
     __call__ = make_iter
+
+
+def _augmentation_device(cfg: RunConfig, transform: Transform | None, device_type: str) -> torch.device | None:
+    """The device that resamples rotated/scaled samples (None: the workers); invalid settings raise ConfigError."""
+    from nnssl.overrides import ConfigError
+
+    choice = cfg.data.spatial_augmentation_device
+    if choice not in SPATIAL_DEVICES:
+        raise ConfigError(f"data.spatial_augmentation_device={choice!r}: use one of {list(SPATIAL_DEVICES)}.")
+    if choice == "cpu":
+        return None
+    problems = []
+    if device_type != "cuda":
+        problems.append(f"the run trains on '{device_type}' (use -device cuda)")
+    if transform is not None:
+        problems.append("the method cuts its views in the workers (only methods without a per-sample transform, "
+                        "such as MAE, can defer resampling)")  # fmt: skip
+    if cfg.data.interpolation_order != 1:
+        problems.append(f"data.interpolation_order={cfg.data.interpolation_order} (the device path is trilinear: 1)")
+    if problems:
+        raise ConfigError(
+            "data.spatial_augmentation_device=cuda cannot be used: " + "; ".join(problems) + ". "
+            "Set data.spatial_augmentation_device=cpu."
+        )
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def build_train_loader(
@@ -146,13 +379,18 @@ def build_train_loader(
     device_type: str = "cpu",
     open_fn: Callable[[str], Any] | None = None,
     data_order: int | None = None,
+    masks: Sequence[str] = (),
+    augment_on: torch.device | str | None = None,
 ) -> TrainLoader:
     """Training loader over ``images`` (IndependentImage with a ``.b2nd`` ``image_path``, or case paths).
 
     Crops of ``cfg.train.patch_size`` with the augmentation of ``cfg.data``; ``transform`` (the method's
-    ``train_transform()``) runs per sample in the workers. ``data_order`` overrides
-    ``cfg.data.interpolation_order``, the interpolation order used for rotated or scaled images.
+    ``train_transform()``) runs per sample in the workers; ``masks`` are the method's ``batch_masks``.
+    ``data_order`` overrides ``cfg.data.interpolation_order``, the interpolation order used for rotated or scaled
+    images. ``augment_on`` forces the device that resamples rotated/scaled samples (tests and benchmarks use
+    ``"cpu"`` to run the device path without a GPU); by default ``cfg.data.spatial_augmentation_device`` decides.
     """
+    device = _augmentation_device(cfg, transform, device_type) if augment_on is None else torch.device(augment_on)
     paths, ids = _image_paths_and_ids(images)
     sampler = PatchSampler(
         paths,
@@ -162,10 +400,15 @@ def build_train_loader(
         unique_ids=ids,
         open_fn=open_fn,
         data_order=data_order,
+        masks=masks,
     )
-    dataset = _SampleDataset(sampler, cfg.train.seed, transform, cyclic_cases=False)
+    dataset = _SampleDataset(
+        sampler, cfg.train.seed, transform, False, device is not None, cfg.data.max_unreadable_fraction
+    )
     batches = _EpochBatches(rank, per_rank_batch_size(cfg.train.batch_size, rank, world_size), None)
-    return TrainLoader(dataset, batches, cfg.data.num_workers, pin=device_type == "cuda")
+    pin = device_type == "cuda"
+    collate = BatchCollator(cfg.train.patch_size, pin=pin and cfg.data.num_workers == 0)
+    return TrainLoader(dataset, batches, cfg.data.num_workers, pin, collate, device)
 
 
 def build_val_loader(
@@ -176,6 +419,7 @@ def build_val_loader(
     world_size: int = 1,
     device_type: str = "cpu",
     open_fn: Callable[[str], Any] | None = None,
+    masks: Sequence[str] = (),
 ) -> Callable[[], Iterator[dict[str, Any]]]:
     """A callable returning a fresh iterator of ``cfg.train.val_iterations`` fixed validation batches.
 
@@ -183,9 +427,14 @@ def build_val_loader(
     and there is no augmentation. ``transform`` is the method's ``val_transform()``.
     """
     paths, ids = _image_paths_and_ids(images)
-    sampler = PatchSampler(paths, cfg.train.patch_size, cfg.data, augment=False, unique_ids=ids, open_fn=open_fn)
-    dataset = _SampleDataset(sampler, cfg.train.seed, transform, cyclic_cases=True)
+    sampler = PatchSampler(
+        paths, cfg.train.patch_size, cfg.data, augment=False, unique_ids=ids, open_fn=open_fn, masks=masks
+    )
+    dataset = _SampleDataset(sampler, cfg.train.seed, transform, True, False, cfg.data.max_unreadable_fraction)
     batch_size = per_rank_batch_size(cfg.train.batch_size, rank, world_size)
     batches = _EpochBatches(VAL_STREAM, batch_size, cfg.train.val_iterations)
-    loader = TrainLoader(dataset, batches, max(0, cfg.data.num_workers // 2), pin=device_type == "cuda")
+    num_workers = max(0, cfg.data.num_workers // 2)
+    pin = device_type == "cuda"
+    collate = BatchCollator(cfg.train.patch_size, pin=pin and num_workers == 0)
+    loader = TrainLoader(dataset, batches, num_workers, pin, collate)
     return lambda: loader.make_iter(0)

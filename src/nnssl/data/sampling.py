@@ -16,6 +16,15 @@ computed once per case (and cached per worker): the anatomy mask is read with a 
 subsampled to at most :data:`MAX_ANATOMY_POINTS`. Each candidate is an exact voxel of the full-resolution mask
 with value 1. The patch box is then clamped on both sides into the allowed range, which keeps the chosen voxel
 inside the patch. A case without an anatomy mask, or with an empty one, falls back to a uniform crop.
+
+What a sample carries: ``image`` and ``unique_id``, plus the masks named in ``masks`` (the method's
+``batch_masks``) that the case stores; nothing else (upstream and earlier versions filled two constant 160^3 int8
+masks into every sample). The collation fills a requested mask that some samples of a batch lack
+(:data:`MASK_FILL`). Arrays may be views: a plain sample's image is the decoded block itself, mirrored as a
+negative-stride view, so that the only copy is the one into the batch.
+
+Errors. Opening or decoding a case raises :class:`~nnssl.data.case_store.CaseReadError` naming the case's unique
+id and file; the loader skips such cases (see :mod:`nnssl.data.loader`).
 """
 
 from __future__ import annotations
@@ -24,13 +33,16 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nnssl.config import DataConfig
+from nnssl.data.case_store import CaseReadError
 from nnssl.transforms.spatial import (
     SpatialParams,
+    affine_theta,
     draw_spatial_params,
     mirror,
     read_region,
@@ -43,9 +55,22 @@ logger = logging.getLogger(__name__)
 ANATOMY_STRIDE = 4
 MAX_ANATOMY_POINTS = 4096
 MASK_KEYS = {"anatomy": "anatomy_mask", "anonymization": "anonymization_mask"}
-# What a case without a stored mask gets, so that every batch has the same keys: no anatomy mask means
-# "everything may be anatomy" (1), no anonymization mask means "nothing was removed" (0).
+# What a requested mask is where a case does not store it: no anatomy mask means "everything may be anatomy" (1),
+# no anonymization mask means "nothing was removed" (0).
 MASK_FILL = {"anatomy_mask": 1, "anonymization_mask": 0}
+DEFERRED_KEY = "_deferred_resampling"
+
+
+@dataclass
+class DeferredResampling:
+    """A rotated/scaled sample whose resampling is left to the training device.
+
+    ``regions`` maps batch keys ("image", mask keys) to the (C, *box) source regions, ``theta`` is the
+    :func:`~nnssl.transforms.spatial.affine_theta` of the sample with its mirroring folded in.
+    """
+
+    regions: dict[str, np.ndarray]
+    theta: np.ndarray
 
 
 def crop_bounds(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +100,7 @@ class PatchSampler:
 
     ``augment=False`` disables rotation, scaling and mirroring (validation). ``data_order``/``mask_order`` are the
     interpolation orders for resampled images and masks (default ``data_cfg.interpolation_order`` and 0, which
-    keeps masks binary).
+    keeps masks binary). ``masks`` are the batch mask keys to carry (:data:`MASK_KEYS` values), when stored.
     """
 
     def __init__(
@@ -89,6 +114,7 @@ class PatchSampler:
         data_order: int | None = None,
         mask_order: int = 0,
         cache_size: int = 16,
+        masks: Sequence[str] = (),
     ) -> None:
         if len(paths) == 0:
             raise ValueError("PatchSampler needs at least one case; the image list is empty (check the split).")
@@ -103,6 +129,10 @@ class PatchSampler:
         self.data_order = data_cfg.interpolation_order if data_order is None else data_order
         self.mask_order = mask_order
         self.cache_size = cache_size
+        unknown = sorted(set(masks) - set(MASK_KEYS.values()))
+        if unknown:
+            raise ValueError(f"Unknown batch mask(s) {unknown}; a method may ask for {sorted(MASK_KEYS.values())}.")
+        self.masks = tuple(masks)
         self._cases: OrderedDict[int, Any] = OrderedDict()
         self._anatomy_points: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -116,15 +146,38 @@ class PatchSampler:
         return state
 
     def case(self, index: int) -> Any:
-        """The opened case ``index`` (LRU-cached per process)."""
+        """The opened case ``index`` (LRU-cached per process); failures raise :class:`CaseReadError`."""
         if index in self._cases:
             self._cases.move_to_end(index)
             return self._cases[index]
-        case = self.open_fn(self.paths[index])
+        try:
+            case = self.open_fn(self.paths[index])
+        except CaseReadError:
+            raise
+        except Exception as err:  # any failure to open makes the case unusable; say which case it is
+            raise self._read_error(index, "cannot be opened", err) from err
         self._cases[index] = case
         while len(self._cases) > self.cache_size:
             self._cases.popitem(last=False)
         return case
+
+    def _read_error(self, index: int, what: str, err: Exception) -> CaseReadError:
+        uid = self.unique_ids[index] if self.unique_ids is not None else None
+        if uid is None and index in self._cases:  # opened: its properties know the id
+            uid = (getattr(self._cases[index], "properties", None) or {}).get("unique_id")
+        name = f"case {uid} ({self.paths[index]})" if uid else f"case {self.paths[index]}"
+        return CaseReadError(
+            f"{name} {what}: {type(err).__name__}: {err}. List and redo damaged cases with "
+            "nnssl_verify_dataset -d DATASET -c CONFIGURATION --redo.",
+            self.paths[index],
+            uid,
+        )
+
+    def _read(self, index: int, array: Any, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        try:
+            return read_region(array, lo, hi)
+        except Exception as err:  # blosc2 reports damaged chunks as RuntimeError ("Error while getting the buffer")
+            raise self._read_error(index, f"cannot be decoded in the box {list(lo)}..{list(hi)}", err) from err
 
     def anatomy_points(self, index: int) -> np.ndarray:
         """Up to :data:`MAX_ANATOMY_POINTS` voxel coordinates (N, 3) with anatomy mask 1 (cached per case)."""
@@ -136,7 +189,10 @@ class PatchSampler:
             points = np.zeros((0, 3), dtype=np.int32)
         else:
             s = ANATOMY_STRIDE
-            strided = np.asarray(mask[0:1, ::s, ::s, ::s])[0]
+            try:
+                strided = np.asarray(mask[0:1, ::s, ::s, ::s])[0]
+            except Exception as err:  # a damaged mask file
+                raise self._read_error(index, "has an anatomy mask that cannot be decoded", err) from err
             points = (np.argwhere(strided == 1) * s).astype(np.int32)
             if len(points) > MAX_ANATOMY_POINTS:
                 keep = np.random.default_rng(index).choice(len(points), MAX_ANATOMY_POINTS, replace=False)
@@ -163,10 +219,12 @@ class PatchSampler:
                 return np.clip(voxel - np.asarray(self.patch_size) // 2, lo, hi)
         return np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
 
-    def sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """One sample of case ``index``: ``image`` float32 (C, *patch), masks int8 (1, *patch), ``unique_id``.
+    def sample(self, index: int, rng: np.random.Generator, defer_resampling: bool = False) -> dict[str, Any]:
+        """One sample of case ``index``: ``image`` (C, *patch), the requested stored masks (1, *patch), ``unique_id``.
 
-        Both mask keys are always present; a mask the case does not store is filled per :data:`MASK_FILL`.
+        The image has the stored dtype (float32, or float16 for half-precision stores) and masks are int8; arrays
+        may be views (see the module docstring). With ``defer_resampling`` a rotated or scaled sample carries
+        :data:`DEFERRED_KEY` (a :class:`DeferredResampling`) instead of its arrays, for the training device.
         """
         case = self.case(index)
         params = self.draw_params(rng)
@@ -175,24 +233,31 @@ class PatchSampler:
         lo, hi = source_region(centre, self.patch_size, params)
         arrays = {"image": case.data}
         for kind, key in MASK_KEYS.items():
-            if kind in case.masks:
+            if key in self.masks and kind in case.masks:
                 arrays[key] = case.masks[kind]
+        regions = {key: self._read(index, array, lo, hi) for key, array in arrays.items()}
         out: dict[str, Any] = {}
-        for key, array in arrays.items():
-            region = read_region(array, lo, hi)
-            if not params.is_identity_map:
+        if params.is_identity_map:
+            out.update({key: mirror(region, params.mirror, copy=False) for key, region in regions.items()})
+        elif defer_resampling:
+            theta = affine_theta(hi_minus_lo(lo, hi), lo, centre, self.patch_size, params, fold_mirror=True)
+            out[DEFERRED_KEY] = DeferredResampling(regions, theta)
+        else:
+            for key, region in regions.items():
+                source = region.astype(np.float32, copy=False) if key == "image" else region
                 order = self.data_order if key == "image" else self.mask_order
-                region = resample_patch(region, lo, centre, self.patch_size, params, order)
-            region = mirror(region, params.mirror)
-            out[key] = region.astype(np.float32 if key == "image" else np.int8, copy=False)
-        for key, fill in MASK_FILL.items():
-            if key not in out:
-                out[key] = np.full((1, *self.patch_size), fill, dtype=np.int8)
-        out["unique_id"] = self._unique_id(index, case)
+                out[key] = mirror(resample_patch(source, lo, centre, self.patch_size, params, order), params.mirror)
+        out["unique_id"] = self.unique_id(index)
         return out
 
-    def _unique_id(self, index: int, case: Any) -> str:
+    def unique_id(self, index: int) -> str:
+        """The unique id of case ``index`` (given, else the case's properties, else its path)."""
         if self.unique_ids is not None:
             return self.unique_ids[index]
-        props = getattr(case, "properties", None) or {}
+        props = getattr(self.case(index), "properties", None) or {}
         return str(props.get("unique_id", self.paths[index]))
+
+
+def hi_minus_lo(lo: Sequence[int], hi: Sequence[int]) -> tuple[int, ...]:
+    """The shape of the half-open box ``[lo, hi)``."""
+    return tuple(int(b) - int(a) for a, b in zip(lo, hi))

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nnssl.data.loader import split_batch  # noqa: F401 - re-exported: the engine splits batches like the loader
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -55,17 +57,6 @@ def launched_by_torchrun() -> bool:
 def torchrun_context() -> DistContext:
     """The :class:`DistContext` described by torchrun's environment variables."""
     return DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-
-
-def split_batch(total: int, world_size: int) -> list[int]:
-    """Per-rank batch sizes summing to ``total``, as even as possible, larger ones first (8, 3 -> [3, 3, 2])."""
-    if total < world_size:
-        raise ValueError(
-            f"train.batch_size={total} is smaller than the number of processes ({world_size}); "
-            "every process needs at least one sample. Raise the batch size or use fewer GPUs."
-        )
-    base, rest = divmod(total, world_size)
-    return [base + 1 if r < rest else base for r in range(world_size)]
 
 
 def backend_for(device: torch.device | str) -> str:

@@ -9,7 +9,18 @@ are refused), see :mod:`nnssl.imageio.policy` and :mod:`nnssl.imageio.integrity`
 
 from nnssl.imageio.header import CANONICAL_ORIENTATION, ImageHeader, ImageReadError
 from nnssl.imageio.policy import DEFAULT_MAX_VOXELS, ReadPolicy
-from nnssl.imageio.reader import failure_reason, read_header, read_image, read_mask
+
+_READER_FUNCTIONS = ("failure_reason", "read_header", "read_image", "read_mask")
+
+
+def __getattr__(name: str):
+    """The reader functions load SimpleITK and scipy: import them on first use (console scripts start fast)."""
+    if name in _READER_FUNCTIONS:
+        from nnssl.imageio import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module 'nnssl.imageio' has no attribute '{name}'")
+
 
 __all__ = [
     "CANONICAL_ORIENTATION",

@@ -18,11 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from nibabel import orientations
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 CANONICAL_ORIENTATION = "LPS"
-_CANONICAL_ORNT = orientations.axcodes2ornt(tuple(CANONICAL_ORIENTATION))
 
 
 class ImageReadError(RuntimeError):
@@ -68,6 +66,8 @@ def ras_affine(direction: Sequence[float], spacing: Sequence[float], origin: Seq
 
 def orientation_code(affine: np.ndarray) -> str:
     """Three-letter code of the direction each index axis points to, e.g. "RAS" or "LSA"."""
+    from nibabel import orientations  # nibabel loads scipy: not at import (console scripts start fast)
+
     return "".join(orientations.aff2axcodes(affine))
 
 
@@ -77,7 +77,10 @@ def canonical_transform(affine: np.ndarray) -> np.ndarray:
     Uses the closest axis-aligned orientation, so oblique and slightly non-orthonormal affines map to their
     nearest permutation/flip.
     """
-    return orientations.ornt_transform(orientations.io_orientation(affine), _CANONICAL_ORNT)
+    from nibabel import orientations
+
+    canonical = orientations.axcodes2ornt(tuple(CANONICAL_ORIENTATION))
+    return orientations.ornt_transform(orientations.io_orientation(affine), canonical)
 
 
 def to_canonical_order(values_xyz: Sequence[float], transform: np.ndarray) -> tuple:

@@ -46,14 +46,19 @@ class SSLMethod(nn.Module):
 
     Subclasses set ``config_cls`` (a dataclass of the method's hyper-parameters, overridable as
     ``method.<field>`` on the command line) and implement :meth:`forward`. A sample handed to
-    :meth:`train_transform` is ``{"image": float32 array (C, X, Y, Z)}`` plus, when present,
-    ``"anatomy_mask"`` / ``"anonymization_mask"`` int8 arrays of shape (1, X, Y, Z); the default
-    collation stacks the returned arrays into batch tensors.
+    :meth:`train_transform` is ``{"image": float32 array (C, X, Y, Z)}`` plus the masks of
+    :attr:`batch_masks` that the case stores (int8 arrays of shape (1, X, Y, Z)); the loader's collation
+    stacks the returned arrays into batch tensors.
     """
 
     config_cls: ClassVar[type]
     #: Module whose ``register()`` adds this method's presets (called once by :mod:`nnssl.presets`); None: none.
     presets_module: ClassVar[str | None] = None
+    #: The mask keys ("anatomy_mask", "anonymization_mask") that the method's transform or ``forward`` reads from a
+    #: sample or batch. The loader carries only these, and only where the case stores them: a batch holds a key
+    #: when at least one of its samples has that mask (the others are filled: anatomy 1, anonymization 0), so a
+    #: method must treat a missing key as the fill value. Default: none.
+    batch_masks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1):
         super().__init__()

@@ -58,6 +58,7 @@ class MAE(SSLMethod):
 
     config_cls = MAEConfig
     presets_module = "nnssl.presets.mae"
+    batch_masks = ("anonymization_mask",)  # read by forward when cfg.ignore_anonymized
 
     def __init__(
         self, cfg: MAEConfig, arch: ArchitectureSpec, patch_size: tuple[int, int, int], in_channels: int = 1

@@ -9,4 +9,13 @@ from __future__ import annotations
 from nnssl.methods.base import SSLMethod
 from nnssl.registry import Registry
 
-METHODS: Registry[type[SSLMethod]] = Registry("method")
+
+def _load_plugins() -> None:
+    from nnssl.plugins import load_method_plugins
+
+    load_method_plugins()
+
+
+#: Builtin methods register when :mod:`nnssl.methods` is imported; plugins (``nnssl.methods`` entry points,
+#: :mod:`nnssl.plugins`) on the first lookup.
+METHODS: Registry[type[SSLMethod]] = Registry("method", loader=_load_plugins)

@@ -29,6 +29,7 @@ from nnssl.planning.plans import (
     ConfigurationPlan,
     Plan,
     PlanError,
+    check_storage_precision,
     plans_path,
 )
 from nnssl.registry import Registry
@@ -44,9 +45,12 @@ class ExperimentPlanner:
     preprocessor_name = "DefaultPreprocessor"
     patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE
 
-    def __init__(self, dataset_name_or_id: str | int, plans_name: str | None = None) -> None:
+    def __init__(
+        self, dataset_name_or_id: str | int, plans_name: str | None = None, storage_precision: str = "float32"
+    ) -> None:
         self.dataset_name = resolve_dataset_name(dataset_name_or_id)
         self.plans_name = plans_name or DEFAULT_PLANS_NAME
+        self.storage_precision = check_storage_precision(storage_precision)
 
     @staticmethod
     def transpose(median_spacing: list[float]) -> tuple[list[int], list[int]]:
@@ -82,6 +86,7 @@ class ExperimentPlanner:
                 use_mask_for_norm=[False] * channels,
                 spacing=targets[name],
                 patch_size=list(self.patch_size),
+                storage_precision=self.storage_precision,
             )
             for name in CONFIGURATION_NAMES
         }
@@ -120,7 +125,14 @@ PLANNERS.add("ExperimentPlanner", ExperimentPlanner)
 
 
 def plan_experiment_for_dataset(
-    dataset_name_or_id: str | int, plans_name: str | None = None, planner: str = "ExperimentPlanner"
+    dataset_name_or_id: str | int,
+    plans_name: str | None = None,
+    planner: str = "ExperimentPlanner",
+    storage_precision: str = "float32",
 ) -> Plan:
-    """Plan one dataset with the planner named ``planner`` (KeyError with suggestions if unknown)."""
-    return PLANNERS.get(planner)(dataset_name_or_id, plans_name).plan_experiment()
+    """Plan one dataset with the planner named ``planner`` (KeyError with suggestions if unknown).
+
+    ``storage_precision`` is recorded in every configuration: how preprocessing stores images (lossless
+    ``float32`` by default; see :class:`nnssl.data.case_store.StoreFormat`).
+    """
+    return PLANNERS.get(planner)(dataset_name_or_id, plans_name, storage_precision).plan_experiment()

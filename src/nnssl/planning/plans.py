@@ -5,6 +5,9 @@ Keys are upstream nnssl's (``Plan`` / ``ConfigurationPlan``) plus ours:
 * ``Plan.canonical_orientation`` ("LPS"): images are reoriented to it before ``transpose_forward`` is applied.
 * ``ConfigurationPlan.normalization_by_modality`` ({"CT": "CTNormalization"}): per-modality scheme, matched
   case-insensitively; other modalities use ``normalization_schemes``.
+* ``ConfigurationPlan.storage_precision`` ("float32"): how preprocessing stores the image voxels: ``float32``
+  (lossless, the default), ``float16`` or ``mantissa<N>`` (float32 keeping N of 23 mantissa bits); a user's choice,
+  see :class:`nnssl.data.case_store.StoreFormat`.
 
 Spacings in a configuration (and ``original_median_spacing_after_transp``) are in the axis order *after*
 ``transpose_forward``, like upstream's. Files written by upstream nnssl load unchanged (our keys take defaults).
@@ -37,6 +40,14 @@ def _mask_kwargs() -> dict[str, Any]:
     return {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None}
 
 
+def check_storage_precision(precision: str) -> str:
+    """``precision`` if it names a storage precision, else ValueError listing them."""
+    from nnssl.data.case_store import image_dtype
+
+    image_dtype(precision)
+    return precision
+
+
 class PlanError(ValueError):
     """A plans file or dict that is not a valid plan; the message names the file and the key."""
 
@@ -57,6 +68,7 @@ class ConfigurationPlan:
     spacing: list[float] | None = None
     patch_size: list[int] | None = field(default_factory=lambda: list(DEFAULT_PATCH_SIZE))
     normalization_by_modality: dict[str, str] = field(default_factory=lambda: {"CT": "CTNormalization"})
+    storage_precision: str = "float32"
 
     def normalization_for(self, modality: str, channel: int = 0) -> str:
         """The normalization scheme name for an image of ``modality`` (case-insensitive match), channel ``channel``."""
@@ -74,7 +86,11 @@ class ConfigurationPlan:
         """Inverse of :meth:`to_dict`; missing or unknown keys raise :class:`PlanError` naming ``where``."""
         if not isinstance(data, dict):
             raise PlanError(f"{where}: expected an object, got {type(data).__name__}.")
-        _check_keys(data, cls, where, optional=("normalization_by_modality", "patch_size"))
+        _check_keys(data, cls, where, optional=("normalization_by_modality", "patch_size", "storage_precision"))
+        try:
+            check_storage_precision(data.get("storage_precision", "float32"))
+        except ValueError as err:
+            raise PlanError(f"{where}: storage_precision: {err}") from None
         return cls(**copy.deepcopy(data))
 
 

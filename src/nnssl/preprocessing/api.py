@@ -28,6 +28,7 @@ the merged files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -38,7 +39,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nnssl.data.case_store import case_is_complete, data_path, mask_path, properties_path, write_case
+from nnssl.data.case_store import (
+    DEFAULT_FORMAT,
+    case_is_complete,
+    data_path,
+    mask_path,
+    properties_path,
+    write_case,
+)
 from nnssl.data.collection import Collection, IndependentImage, declared_channels
 from nnssl.imageio import DEFAULT_MAX_VOXELS, ImageReadError, ReadPolicy, failure_reason
 from nnssl.parallel import map_unordered
@@ -175,7 +183,8 @@ def _preprocess_one(task: Task) -> dict[str, str]:
         return _failed(image, current, reason)
     try:
         _remove_leftovers(stem)
-        write_case(stem, data, props, masks)
+        fmt = dataclasses.replace(DEFAULT_FORMAT, precision=config_plan.get("storage_precision", "float32"))
+        write_case(stem, data, props, masks, fmt)
     except Exception as err:
         needed = data.nbytes + sum(m.nbytes for m in masks.values())
         if is_out_of_space(err, stem.parent, needed):

@@ -9,7 +9,8 @@ Each method family registers its presets in a module of its own beside this one 
 :mod:`.dino`, :mod:`.contrastive`), named by the method class's ``presets_module``; settings several families share
 (upstream's CNN and Eva optimisers, the CPU demo data settings) are data in :mod:`.common`. Methods from other
 installed packages register themselves and their presets through the ``nnssl.methods`` entry-point group
-(:mod:`nnssl.plugins`), loaded at the end of this module.
+(:mod:`nnssl.plugins`). All of them are registered on the first lookup in :data:`PRESETS`, so importing this module
+stays cheap (console scripts parse ``--help`` without torch).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnssl.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from nnssl.methods import METHODS
 from nnssl.overrides import ConfigError, apply_overrides
 from nnssl.registry import Registry
 
@@ -41,7 +41,17 @@ class Preset:
     description: str = ""
 
 
-PRESETS: Registry[Preset] = Registry("preset")
+def _load_presets() -> None:
+    """Register every method's presets, plugins' included (run on the first lookup in :data:`PRESETS`)."""
+    register_method_presets()
+    try:
+        check_preset_bases()
+    except KeyError as err:  # a plugin's broken preset must not stop nnssl; resolving it names the missing base
+        logging.getLogger(__name__).warning("%s", err.args[0])
+
+
+#: Filled on first use (importing :mod:`nnssl.presets` does not import the methods, torch or timm).
+PRESETS: Registry[Preset] = Registry("preset", loader=_load_presets)
 
 
 def add_preset(preset: Preset) -> Preset:
@@ -99,6 +109,8 @@ def resolve_config(preset_name: str, overrides: Sequence[str] = (), method_confi
     """
     method, architecture, preset_overrides = flatten_preset(preset_name)
     if method_config_cls is None:
+        from nnssl.methods import METHODS  # imported here: importing the presets table must not load every method
+
         if method not in METHODS:
             raise ConfigError(
                 f"Preset '{preset_name}' uses method '{method}', which is not registered "
@@ -123,6 +135,8 @@ def resolve_config(preset_name: str, overrides: Sequence[str] = (), method_confi
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Rebuild a :class:`RunConfig` from its JSON form (``config.json`` or a checkpoint's ``config``)."""
+    from nnssl.methods import METHODS
+
     method_cls = METHODS.get(d["method"])
     cfg = RunConfig(
         preset=d["preset"],
@@ -162,20 +176,10 @@ _registered_preset_modules: set[str] = set()
 
 def register_method_presets() -> None:
     """Call ``register()`` of every registered method's ``presets_module`` once (methods sharing one: once)."""
+    from nnssl.methods import METHODS
+
     for name in METHODS.names():
         module_name = METHODS.get(name).presets_module
         if module_name and module_name not in _registered_preset_modules:
             _registered_preset_modules.add(module_name)
             importlib.import_module(module_name).register()
-
-
-register_method_presets()
-
-from nnssl.plugins import load_method_plugins  # noqa: E402 - plugins register presets through this module
-
-load_method_plugins()
-register_method_presets()  # presets of plugin methods that name a presets_module
-try:
-    check_preset_bases()
-except KeyError as _err:  # a plugin's broken preset must not stop nnssl; resolving it names the missing base
-    logging.getLogger(__name__).warning("%s", _err.args[0])

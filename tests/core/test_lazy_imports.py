@@ -1,0 +1,42 @@
+"""Start-up: the data path never loads the engine or the methods, and console scripts parse --help without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+DATA_PATH = [
+    "nnssl.data.case_store",
+    "nnssl.data.sampling",
+    "nnssl.data.loader",
+    "nnssl.data.splits",
+    "nnssl.transforms.spatial",
+    "nnssl.preprocessing.verify",
+]
+CLIS = [
+    "convert_openmind", "demo", "extract_fingerprint", "plan_and_preprocess", "plan_experiment", "preprocess",
+    "train", "verify_dataset",
+]  # fmt: skip
+
+
+def _loaded_after(code: str) -> list[str]:
+    """Module names loaded by ``code`` in a fresh interpreter."""
+    probe = f"import sys\n{code}\nimport json\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_data_path_does_not_import_the_engine_or_methods() -> None:
+    loaded = _loaded_after("\n".join(f"import {m}" for m in DATA_PATH))
+    heavy = [m for m in loaded if m.split(".")[0] in ("timm", "torchvision", "dynamic_network_architectures")]
+    ours = [m for m in loaded if m.startswith(("nnssl.engine", "nnssl.methods", "nnssl.architectures"))]
+    assert not heavy and not ours, (heavy, ours)
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_console_scripts_build_their_parser_without_torch(cli: str) -> None:
+    loaded = _loaded_after(f"from nnssl.cli.{cli} import build_parser\nbuild_parser()")
+    assert not [m for m in loaded if m.split(".")[0] in ("torch", "SimpleITK", "timm", "scipy")], cli
