@@ -79,6 +79,29 @@ def test_sinkhorn_rows_are_distributions_and_prototypes_approach_equipartition()
     assert torch.allclose(const, torch.full((b, K), 1 / K), atol=1e-7)
 
 
+def test_sinkhorn_on_few_rows_caps_every_target_and_a_queue_lifts_the_cap() -> None:
+    """B rows against K prototypes: Sinkhorn gives each prototype mass B/K, so no target exceeds B/K (entropy >= ln(K/B))
+    however confident the teacher is; with a queue of Q earlier rows the cap is (B + Q)/K."""
+    k, b = 64, 4
+    confident = torch.full((b, k), -1.0)  # cosine logits, as the DINO head gives
+    confident[torch.arange(b), torch.arange(b)] = 1.0  # row b points at prototype b
+    plain = CenteredTargets(k, "sinkhorn", sk_iterations=50)
+    capped = plain.targets(confident, 0.05)
+    assert float(capped.max()) <= b / k + 1e-4
+    assert teacher_entropy_ratio(capped) >= math.log(k / b) / math.log(k) - 1e-3
+    queued = CenteredTargets(k, "sinkhorn", sk_iterations=50, queue_size=k)
+    history = torch.full((k, k), -1.0)
+    history[torch.arange(k), torch.arange(k)] = 1.0  # earlier rows used every prototype once
+    assert queued.update(history) and int(queued.queue_filled) == k
+    sharp = queued.targets(confident, 0.05)
+    assert sharp.shape == (b, k) and torch.allclose(sharp.sum(1), torch.ones(b), atol=1e-4)
+    assert float(sharp.diagonal().min()) > 0.4  # far above the cap b/k = 0.0625
+    # FIFO: pushing more rows than the queue holds keeps the newest, non-finite rows are dropped
+    queued.update(torch.cat([torch.full((1, k), float("nan")), torch.zeros(3, k)]))
+    assert int(queued.queue_filled) == k and int(queued.queue_next) == 3
+    assert not CenteredTargets(k, "sinkhorn").update(history)  # no queue: nothing to keep
+
+
 def test_ibot_counts_only_masked_tokens_with_per_image_weighting() -> None:
     torch.manual_seed(1)
     n = 120

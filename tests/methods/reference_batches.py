@@ -26,6 +26,9 @@ from nnssl.presets import resolve_config
 METHOD_NAMES = ("MAE", "SimCLR", "VoCo", "DINO", "AlignedMAE")
 ARCHITECTURE_NAMES = ("ResEncTiny", "PrimusTiny")
 BATCH = 2
+#: Settings that restore the behaviour of 1d5829a where a default changed on purpose later (issue 13: no
+#: normalisation after the last projector layer of SimCLR and VoCo), so the recorded values keep proving the rewrite.
+RECORDED_BEHAVIOUR = {"SimCLR": ["method.head_last_norm=true"], "VoCo": ["method.head_last_norm=true"]}
 BUILD_SEED = 1234
 FORWARD_SEED = 99
 
@@ -63,7 +66,7 @@ def synthetic_batch(method_name: str, method, cfg) -> dict[str, torch.Tensor]:
 
 def build(method_name: str, architecture: str):
     """``(method, cfg)`` of the Demo preset of ``method_name`` on ``architecture``, built under a fixed seed."""
-    cfg = resolve_config(f"Demo{method_name}_{architecture}")
+    cfg = resolve_config(f"Demo{method_name}_{architecture}", RECORDED_BEHAVIOUR.get(method_name, []))
     torch.manual_seed(BUILD_SEED)
     method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
     method.configure_schedule(10, 100)

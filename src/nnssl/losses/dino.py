@@ -10,7 +10,11 @@ Formulas as in methods.md 2.2; ``t`` teacher logits, ``s`` student logits, ``K``
   non-finite teacher output can never poison it (the failure mode of methods.md 2.4).
 * Sinkhorn-Knopp centring: ``Q = exp(t / tau_T)`` as a K x B matrix, normalised to total mass 1, then
   ``n`` times {rows /= row sums, /= K; columns /= column sums, /= B}; finally times B so that every
-  column (sample) is a distribution. Under DDP the sums run over all ranks.
+  column (sample) is a distribution. Under DDP the sums run over all ranks. Every row's target is capped at
+  probability B/K (entropy >= ln(K/B)): with one micro-batch of 8-16 rows against K = 8192 prototypes no target
+  can be sharp. With ``queue_size = Q`` the teacher logits of the last Q rows (earlier steps and micro-batches, per
+  rank; a FIFO as SwAV's, Caron et al. 2020) join the current rows in the Sinkhorn iterations and only the current
+  rows' targets are used, so the cap becomes (B + Q)/K.
 * DINO: ``L = mean over pairs (i in teacher globals, j in student views, j != i) of
   mean_b H(P_T(g_i), softmax(s_j / tau_S))`` with ``H(p, q) = -sum_k p_k log q_k``; with 2 globals and L
   locals that is exactly ``2 (2 + L) - 2`` terms.
@@ -77,8 +81,17 @@ class CenteredTargets(nn.Module):
     loss, in training only). ``skipped_updates`` counts the non-finite batches that were refused.
     """
 
-    def __init__(self, num_prototypes: int, centering: str = "mean", momentum: float = 0.9, sk_iterations: int = 3):
+    def __init__(
+        self,
+        num_prototypes: int,
+        centering: str = "mean",
+        momentum: float = 0.9,
+        sk_iterations: int = 3,
+        queue_size: int = 0,
+    ):
         super().__init__()
+        if queue_size < 0:
+            raise ValueError(f"The Sinkhorn queue size (method.sinkhorn_queue) must be >= 0, got {queue_size}.")
         if centering not in CENTERING_MODES:
             raise ValueError(f"centering '{centering}' is unknown (method.centering): use one of {CENTERING_MODES}.")
         if not 0.0 <= momentum < 1.0:
@@ -88,6 +101,10 @@ class CenteredTargets(nn.Module):
         self.sk_iterations = int(sk_iterations)
         self.register_buffer("center", torch.zeros(1, num_prototypes))
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+        self.queue_size = int(queue_size) if centering == "sinkhorn" else 0
+        self.register_buffer("queue", torch.zeros(self.queue_size, num_prototypes))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -95,18 +112,22 @@ class CenteredTargets(nn.Module):
         logits = teacher_logits.float()
         if self.centering == "sinkhorn":
             flat = logits.reshape(-1, logits.shape[-1])
-            return sinkhorn_knopp(flat, teacher_temp, self.sk_iterations).reshape(logits.shape)
+            n, filled = flat.shape[0], int(self.queue_filled)
+            if filled:
+                flat = torch.cat([flat, self.queue[:filled].to(flat.device)])
+            return sinkhorn_knopp(flat, teacher_temp, self.sk_iterations)[:n].reshape(logits.shape)
         return F.softmax((logits - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> bool:
         """``c <- m c + (1 - m) mean(t)`` (mean over all rows of all ranks); refused unless that mean is finite.
 
-        Returns whether the centre moved. Sinkhorn-Knopp needs no centre; the buffer then stays at zero.
+        Returns whether the centre moved. Sinkhorn-Knopp needs no centre (the buffer stays at zero); with a queue its
+        finite rows are pushed into the queue instead (oldest rows dropped first).
         """
-        if self.centering != "mean":
-            return False
         flat = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1])
+        if self.centering != "mean":
+            return self._push(flat)
         stats = torch.cat([flat.sum(dim=0), flat.new_tensor([float(flat.shape[0])])])
         _world_all_reduce(stats)
         count = float(stats[-1])
@@ -118,6 +139,19 @@ class CenteredTargets(nn.Module):
             logger.warning("DINO centre not updated: the teacher output of this batch is not finite.")
             return False
         self.center.mul_(self.momentum).add_(mean.unsqueeze(0), alpha=1.0 - self.momentum)
+        return True
+
+    def _push(self, rows: torch.Tensor) -> bool:
+        if self.queue_size == 0:
+            return False
+        rows = rows[torch.isfinite(rows).all(dim=1)][-self.queue_size :].to(self.queue.dtype)
+        n = rows.shape[0]
+        if n == 0:
+            return False
+        positions = (int(self.queue_next) + torch.arange(n, device=self.queue.device)) % self.queue_size
+        self.queue[positions] = rows.to(self.queue.device)
+        self.queue_next.fill_((int(self.queue_next) + n) % self.queue_size)
+        self.queue_filled.fill_(min(int(self.queue_filled) + n, self.queue_size))
         return True
 
 

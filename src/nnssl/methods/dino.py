@@ -85,6 +85,7 @@ class DINOConfig:
     centering: str = "sinkhorn"
     center_momentum: float = 0.9
     sinkhorn_iterations: int = 3
+    sinkhorn_queue: int = 0
     ibot: bool = True
     ibot_weight: float = 1.0
     ibot_mask_ratio: tuple[float, float] = (0.1, 0.5)
@@ -170,10 +171,10 @@ class DINO(SSLMethod):
             self.cls_norm = nn.Identity()
         self.teacher = EMATeacher(student, cfg.momentum_start, final_momentum=1.0)
         self.dino_targets = CenteredTargets(
-            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
+            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations, cfg.sinkhorn_queue
         )
         self.ibot_targets = CenteredTargets(
-            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations
+            cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations, cfg.sinkhorn_queue
         )
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch: int | None = None
