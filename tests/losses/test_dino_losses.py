@@ -50,11 +50,15 @@ def test_same_view_exclusion_counts_2_times_views_minus_2_terms() -> None:
         assert float(loss) == pytest.approx(float(torch.stack(manual).mean()), rel=1e-6)
 
 
-def test_centre_update_from_zero_and_refusal_of_non_finite_batches() -> None:
+def test_centre_starts_at_the_first_batch_mean_then_moves_with_momentum_and_refuses_non_finite_batches() -> None:
     targets = CenteredTargets(K, "mean", 0.9)
     logits = torch.randn(5, K)
     assert targets.update(logits)
-    assert torch.allclose(targets.center, 0.1 * logits.mean(0, keepdim=True), atol=1e-7)
+    assert torch.allclose(targets.center, logits.mean(0, keepdim=True), atol=1e-7)  # not 0.1 x mean: no zero start
+    second = torch.randn(3, K)
+    assert targets.update(second)
+    expected = 0.9 * logits.mean(0, keepdim=True) + 0.1 * second.mean(0, keepdim=True)
+    assert torch.allclose(targets.center, expected, atol=1e-6)
     before = targets.center.clone()
     bad = logits.clone()
     bad[2, 7] = float("nan")
@@ -80,8 +84,8 @@ def test_sinkhorn_rows_are_distributions_and_prototypes_approach_equipartition()
 
 
 def test_sinkhorn_on_few_rows_caps_every_target_and_a_queue_lifts_the_cap() -> None:
-    """B rows against K prototypes: Sinkhorn gives each prototype mass B/K, so no target exceeds B/K (entropy >= ln(K/B))
-    however confident the teacher is; with a queue of Q earlier rows the cap is (B + Q)/K."""
+    """B rows against K prototypes: Sinkhorn gives each prototype mass B/K, so no target exceeds B/K (entropy
+    >= ln(K/B)) however confident the teacher is; with a queue of Q earlier rows the cap is (B + Q)/K."""
     k, b = 64, 4
     confident = torch.full((b, k), -1.0)  # cosine logits, as the DINO head gives
     confident[torch.arange(b), torch.arange(b)] = 1.0  # row b points at prototype b

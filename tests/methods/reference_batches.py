@@ -27,8 +27,13 @@ METHOD_NAMES = ("MAE", "SimCLR", "VoCo", "DINO", "AlignedMAE")
 ARCHITECTURE_NAMES = ("ResEncTiny", "PrimusTiny")
 BATCH = 2
 #: Settings that restore the behaviour of 1d5829a where a default changed on purpose later (issue 13: no
-#: normalisation after the last projector layer of SimCLR and VoCo), so the recorded values keep proving the rewrite.
-RECORDED_BEHAVIOUR = {"SimCLR": ["method.head_last_norm=true"], "VoCo": ["method.head_last_norm=true"]}
+#: normalisation after the last projector layer of SimCLR and VoCo; mean instead of Sinkhorn centring for DINOv2),
+#: so the recorded values keep proving the rewrite. Keys: method, or method/architecture.
+RECORDED_BEHAVIOUR = {
+    "SimCLR": ["method.head_last_norm=true"],
+    "VoCo": ["method.head_last_norm=true"],
+    "DINO/PrimusTiny": ["method.centering=sinkhorn"],
+}
 BUILD_SEED = 1234
 FORWARD_SEED = 99
 
@@ -66,7 +71,8 @@ def synthetic_batch(method_name: str, method, cfg) -> dict[str, torch.Tensor]:
 
 def build(method_name: str, architecture: str):
     """``(method, cfg)`` of the Demo preset of ``method_name`` on ``architecture``, built under a fixed seed."""
-    cfg = resolve_config(f"Demo{method_name}_{architecture}", RECORDED_BEHAVIOUR.get(method_name, []))
+    recorded = RECORDED_BEHAVIOUR.get(f"{method_name}/{architecture}", RECORDED_BEHAVIOUR.get(method_name, []))
+    cfg = resolve_config(f"Demo{method_name}_{architecture}", recorded)
     torch.manual_seed(BUILD_SEED)
     method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
     method.configure_schedule(10, 100)

@@ -6,7 +6,9 @@ Features without Supervision" (KoLeo: Sablayrolles et al. 2019, "Spreading vecto
 Formulas as in methods.md 2.2; ``t`` teacher logits, ``s`` student logits, ``K`` prototypes.
 
 * Mean centring: ``P_T = softmax((t - c) / tau_T)``; after the loss, ``c <- m c + (1 - m) mean_batch(t)``
-  (mean over all ranks under DDP). The centre is updated only when that batch mean is finite, so one
+  (mean over all ranks under DDP); the first update sets ``c`` to the first batch's mean (a zero centre leaves the
+  teacher uncentred for the first ~1/(1 - m) steps, which shows as a loss far below ln K that is not learning).
+  The centre is updated only when that batch mean is finite, so one
   non-finite teacher output can never poison it (the failure mode of methods.md 2.4).
 * Sinkhorn-Knopp centring: ``Q = exp(t / tau_T)`` as a K x B matrix, normalised to total mass 1, then
   ``n`` times {rows /= row sums, /= K; columns /= column sums, /= B}; finally times B so that every
@@ -101,6 +103,7 @@ class CenteredTargets(nn.Module):
         self.sk_iterations = int(sk_iterations)
         self.register_buffer("center", torch.zeros(1, num_prototypes))
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.queue_size = int(queue_size) if centering == "sinkhorn" else 0
         self.register_buffer("queue", torch.zeros(self.queue_size, num_prototypes))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
@@ -138,7 +141,9 @@ class CenteredTargets(nn.Module):
             self.skipped_updates += 1
             logger.warning("DINO centre not updated: the teacher output of this batch is not finite.")
             return False
-        self.center.mul_(self.momentum).add_(mean.unsqueeze(0), alpha=1.0 - self.momentum)
+        momentum = self.momentum if int(self.num_updates) > 0 else 0.0
+        self.center.mul_(momentum).add_(mean.unsqueeze(0), alpha=1.0 - momentum)
+        self.num_updates += 1
         return True
 
     def _push(self, rows: torch.Tensor) -> bool:
@@ -239,3 +244,14 @@ def effective_rank(embeddings: torch.Tensor) -> float:
     p = s / total
     p = p[p > 0]
     return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def mean_pairwise_cosine(rows: torch.Tensor) -> float:
+    """Mean cosine similarity between different rows of (n, d) ``rows`` (1: all equal, e.g. a head that ignores its
+    input; ~0: unrelated); NaN for fewer than 2 rows."""
+    x = F.normalize(rows.detach().float(), dim=-1, eps=1e-8)
+    n = x.shape[0]
+    if n < 2:
+        return float("nan")
+    sim = x @ x.t()
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))

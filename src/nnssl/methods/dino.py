@@ -59,6 +59,7 @@ from nnssl.losses.dino import (
     effective_rank,
     ibot_masked_loss,
     koleo_loss,
+    mean_pairwise_cosine,
     teacher_entropy_ratio,
 )
 from nnssl.methods.base import SSLMethod, StepOutput, Transform
@@ -82,7 +83,7 @@ class DINOConfig:
     teacher_temp_start: float = 0.04
     teacher_temp_end: float = 0.07
     teacher_temp_warmup_epochs: int = 30
-    centering: str = "sinkhorn"
+    centering: str = "mean"
     center_momentum: float = 0.9
     sinkhorn_iterations: int = 3
     sinkhorn_queue: int = 0
@@ -99,7 +100,7 @@ class DINOConfig:
     momentum_start: float = 0.992
     freeze_last_layer_epochs: int = 5
     intensity_augmentation: bool = True
-    cls_standardization: str = "auto"
+    cls_standardization: str = "running"
     cls_standardization_momentum: float = 0.9
 
 
@@ -181,6 +182,15 @@ class DINO(SSLMethod):
         self.total_steps: int | None = None
         if not self.use_ibot:
             logger.info("DINO on %s: no iBOT term; DINO + KoLeo only.", arch.name)
+        if cfg.centering == "sinkhorn" and cfg.sinkhorn_queue < cfg.num_prototypes:
+            logger.warning(
+                "DINO: Sinkhorn-Knopp over B teacher rows (+ method.sinkhorn_queue=%d queued rows) against K=%d "
+                "prototypes caps every target at probability (B + queue)/K, i.e. entropy >= ln(K/(B + queue)); with "
+                "B << K no target can be sharp. Use --set method.sinkhorn_queue=%d (or more) or method.centering=mean.",
+                cfg.sinkhorn_queue,
+                cfg.num_prototypes,
+                cfg.num_prototypes,
+            )
 
     # ------------------------------------------------------------------ engine hooks
     def network_patch_size(self) -> tuple[int, ...]:
@@ -277,6 +287,7 @@ class DINO(SSLMethod):
             "ln_K": math.log(k),
             "teacher_entropy": teacher_entropy_ratio(t_probs),
             "effective_rank": effective_rank(s_cls_all),
+            "teacher_logit_similarity": mean_pairwise_cosine(t_logits),
             "teacher_temp": temp,
         }
 
