@@ -48,6 +48,23 @@ class MAEConfig:
     mask_token_std: float = 1e-6
     ignore_anonymized: bool = False
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: ratio in (0, 1), patch and mask blocks fit."""
+        from nnssl.config import architecture_of, require, require_patch_multiple
+
+        require(0.0 < self.mask_ratio < 1.0, "method.mask_ratio", self.mask_ratio, "in (0, 1)")
+        require(self.block_size >= 1, "method.block_size", self.block_size, ">= 1")
+        require(self.decoder_depth >= 1, "method.decoder_depth", self.decoder_depth, ">= 1")
+        require(self.mask_token_std >= 0, "method.mask_token_std", self.mask_token_std, ">= 0")
+        require_patch_multiple(run, "train.patch_size", run.train.patch_size)
+        if not architecture_of(run).token_masking:
+            require(
+                all(p % self.block_size == 0 for p in run.train.patch_size),
+                "method.block_size",
+                self.block_size,
+                f"a divisor of every side of train.patch_size={tuple(run.train.patch_size)}",
+            )
+
 
 @METHODS.register("MAE")
 class MAE(SSLMethod):
