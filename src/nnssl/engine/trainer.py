@@ -54,8 +54,11 @@ from nnssl.config import RunConfig
 from nnssl.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    checkpoint_progress,
     config_differences,
+    cpu_state_dict,
     load_checkpoint,
+    peek_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -365,13 +368,11 @@ class Trainer:
         """Everything needed to continue (see :mod:`nnssl.engine.checkpoint`), loadable with weights_only."""
         from nnssl.presets import config_to_dict
 
-        def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
+        memo: dict[tuple, torch.Tensor] = {}  # one copy per tensor: the backbone is stored once, not twice
         return {
-            "network_weights": cpu_state(self.method.backbone()),
+            "network_weights": cpu_state_dict(self.method.backbone(), memo),
             "nnssl_adaptation_plan": to_jsonable(self.adaptation_plan),
-            "method_state": cpu_state(self.method),
+            "method_state": cpu_state_dict(self.method, memo),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.scaler.state_dict(),
             "current_epoch": self.current_epoch,
@@ -386,10 +387,20 @@ class Trainer:
         }
 
     def save_checkpoint(self, name: str) -> Path | None:
-        """Write ``<output_folder>/<name>`` atomically (rank 0 only; other ranks return ``None``)."""
-        if not self.dist.is_main:
+        """Write ``<output_folder>/<name>`` atomically (rank 0 only; other ranks return ``None``).
+
+        Nothing is written with ``train.save_checkpoints=False``; a file of a more advanced step is never replaced.
+        """
+        if not self.dist.is_main or not self.cfg.train.save_checkpoints:
             return None
         path = self.output_folder / name
+        if path.is_file():
+            step, epoch = checkpoint_progress(peek_checkpoint(path))
+            if step > self.global_step:
+                raise CheckpointError(
+                    f"Refusing to overwrite {path} (epoch {epoch}, step {step}) with the older state of step "
+                    f"{self.global_step}. Continue the run with --c (it resumes from the most advanced checkpoint)."
+                )
         save_checkpoint(self.checkpoint_payload(), path)
         logger.info("Saved %s (epoch %d, step %d).", path, self.current_epoch, self.global_step)
         return path
