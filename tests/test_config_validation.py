@@ -24,8 +24,9 @@ BAD_METHOD_VALUES = {
 def test_every_configuration_class_has_a_validate_hook() -> None:
     for cls in (TrainConfig, OptimConfig, DataConfig, RunConfig):
         assert callable(getattr(cls, "validate", None)), cls
-    assert set(BAD_METHOD_VALUES) == set(METHODS.names())
-    for name in METHODS.names():
+    shipped = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("nnssl.")}  # not test methods
+    assert set(BAD_METHOD_VALUES) == shipped
+    for name in shipped:
         assert callable(getattr(METHODS.get(name).config_cls, "validate", None)), name
 
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnssl.cli.train import USER_ERRORS
+from nnssl.cli.train import STOP_EXIT_CODES, USER_ERRORS
 from nnssl.data.demo import DEMO_DATASET_NAME, write_demo_dataset
-from nnssl.engine.run import RunRequest, configure_console_logging, run_training
+from nnssl.engine.run import RunRequest, TrainingStopped, configure_console_logging, run_training
 from nnssl.planning.fingerprint import extract_fingerprint_for_dataset
 from nnssl.planning.planner import plan_experiment_for_dataset
 from nnssl.preprocessing.api import preprocess_dataset
@@ -71,7 +71,9 @@ def run_demo(args: argparse.Namespace) -> Path:
             overrides=tuple(args.overrides),
             device=args.device,
             resume=args.resume,
-        )
+            replace_previous_run=not args.resume,
+        ),
+        reraise_signal=False,
     )
     logger.info("Demo finished in %.0f s", time.perf_counter() - started)
     return folder
@@ -82,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_console_logging()
     try:
         folder = run_demo(args)
+    except TrainingStopped as stopped:
+        sys.stderr.write(f"{stopped}\n")
+        return STOP_EXIT_CODES.get(stopped.signal_name, 0)
     except USER_ERRORS as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
