@@ -69,7 +69,9 @@ def openmind_like_collection() -> Collection:
                 "associated_masks": None,
             }
         )
-    return Collection.from_dict({"collection_index": 745, "collection_name": "Dataset745_OpenMind", "datasets": datasets})
+    return Collection.from_dict(
+        {"collection_index": 745, "collection_name": "Dataset745_OpenMind", "datasets": datasets}
+    )
 
 
 def _names(images) -> list[str]:

@@ -174,7 +174,10 @@ def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
 
 
 def test_leftover_temporary_checkpoints_are_removed(tmp_path: Path) -> None:
-    leftovers = [tmp_path / f"checkpoint_latest{TEMP_MARKER}-0123abcd.pth", tmp_path / f"checkpoint_final{TEMP_MARKER}-x.pth"]
+    leftovers = [
+        tmp_path / f"checkpoint_latest{TEMP_MARKER}-0123abcd.pth",
+        tmp_path / f"checkpoint_final{TEMP_MARKER}-x.pth",
+    ]
     for path in leftovers:
         path.write_bytes(b"partial")
     kept = [tmp_path / "checkpoint_latest.pth", tmp_path / f"metrics{TEMP_MARKER}-1.jsonl"]
