@@ -226,3 +226,12 @@ def test_sigterm_saves_latest_and_stops_cleanly(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(tmp_path / "checkpoint_latest.pth")
     assert checkpoint["global_step"] == 2 and checkpoint["epoch_progress"]["iteration"] == 2
     assert trainer.stopper.signal_name == "SIGTERM"
+
+
+def test_training_logs_its_first_step_at_once_without_a_terminal(tmp_path, caplog) -> None:
+    trainer = make_trainer(toy_config("train.num_epochs=1", "train.iterations_per_epoch=3"), tmp_path)
+    with caplog.at_level("INFO", logger="nnssl"):
+        assert trainer.fit()
+    messages = [r.getMessage() for r in caplog.records]
+    first = next(i for i, m in enumerate(messages) if m.startswith("First step done; epoch 0: step 1 of 3"))
+    assert first < next(i for i, m in enumerate(messages) if m.startswith("Epoch 0:"))

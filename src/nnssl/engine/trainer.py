@@ -38,7 +38,6 @@ import contextlib
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from nnssl.engine.optim import apply_schedule, build_optimizer, log_lr_rule, lr_
 from nnssl.engine.precision import autocast, make_grad_scaler, resolve_precision
 from nnssl.engine.signals import GracefulStop
 from nnssl.methods.base import SSLMethod
+from nnssl.progress import show_progress
 from nnssl.serialization import save_json, to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ class Trainer:
             total=iters,
             initial=progress["iteration"],
             desc=f"epoch {epoch}",
-            disable=not (self.dist.is_main and sys.stderr.isatty()),
+            disable=not (self.dist.is_main and show_progress()),
             leave=False,
         )
         try:

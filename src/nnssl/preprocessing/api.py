@@ -38,6 +38,7 @@ from nnssl.data.case_store import case_is_complete, data_path, mask_path, write_
 from nnssl.data.collection import Collection, IndependentImage
 from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
+from nnssl.progress import show_progress
 from nnssl.serialization import TEMP_MARKER, load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _crashed_case(task: tuple[dict[str, Any], str, dict[str, Any], dict[str, Any
 
 
 def _run_tasks(tasks: list[tuple], num_processes: int, progress: bool, desc: str) -> Iterable[dict[str, str]]:
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, smoothing=0.1)
+    bar = tqdm(total=len(tasks), desc=desc, disable=not show_progress(progress) or not tasks, smoothing=0.1)
     try:
         for result in map_unordered(_preprocess_one, tasks, num_processes, _crashed_case):
             bar.update()
