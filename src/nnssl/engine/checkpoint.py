@@ -50,7 +50,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
-def _view_key(t: torch.Tensor) -> tuple:
+def tensor_view_key(t: torch.Tensor) -> tuple:
     """Identity of a tensor view: same storage, offset, shape, stride and dtype means the same values."""
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
@@ -64,7 +64,7 @@ def cpu_state_dict(module: nn.Module, memo: dict[tuple, torch.Tensor]) -> dict[s
     """
     state = {}
     for key, value in module.state_dict().items():
-        view = _view_key(value)
+        view = tensor_view_key(value)
         if view not in memo:
             memo[view] = value.detach().to("cpu", copy=True)
         state[key] = memo[view]
@@ -90,7 +90,7 @@ def tensor_checksum(payload: Mapping[str, Any]) -> str:
     seen: set[tuple] = set()
     for path, tensor in _tensors(payload):
         digest.update(f"{path}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        view = _view_key(tensor)
+        view = tensor_view_key(tensor)
         if view in seen:
             continue
         seen.add(view)

@@ -21,15 +21,17 @@ from typing import Any
 
 import torch
 
-from nnssl.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensor_checksum
+from nnssl.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    tensor_checksum,
+    tensor_view_key,
+)
 
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_FORMAT = "nnssl-weights"
-
-
-def _view_identity(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 def export_payload(checkpoint: dict[str, Any], include_config: bool = True) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def save_safetensors(payload: dict[str, Any], path: Path) -> None:
     first_key: dict[tuple, str] = {}
     storages: set[int] = set()
     for key, value in payload["network_weights"].items():
-        identity = _view_identity(value)
+        identity = tensor_view_key(value)
         if identity in first_key:
             aliases[key] = first_key[identity]
             continue
