@@ -1,14 +1,88 @@
-"""Typed run configuration: the engine's, the optimizer's and the data path's settings.
+"""Typed run configuration: the engine's, the optimizer's and the data path's settings, and their checks.
 
 A method's own hyper-parameters live in its ``config_cls`` dataclass, addressed as ``method.<field>``.
 Presets (:mod:`nnssl.presets`) and command-line overrides (``--set section.field=value``) change fields by
 dotted key; an unknown key is an error.
+
+Validation. Every configuration class has a ``validate(run)`` hook (``run`` is the whole :class:`RunConfig`, for
+checks that span sections) that raises :class:`ConfigError` naming the key, the value and what is allowed.
+:meth:`RunConfig.validate` runs the hooks of ``train``, ``optim``, ``data`` and the method's configuration;
+:func:`nnssl.overrides.apply_overrides` calls it, so a bad value is refused when the configuration is resolved,
+before any file or folder of a run exists.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be applied; the message says which and why."""
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` ``'<key>' = <value> is not allowed: it must be <allowed>.`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"'{key}' = {value!r} is not allowed: it must be {allowed}.")
+
+
+def architecture_of(run: RunConfig) -> Any:
+    """The :class:`~nnssl.architectures.spec.ArchitectureSpec` named by ``run.architecture`` (ConfigError if none)."""
+    from nnssl.architectures import ARCHITECTURES
+
+    try:
+        return ARCHITECTURES.get(run.architecture)
+    except KeyError as err:
+        raise ConfigError(f"Preset '{run.preset}': {err.args[0]}") from None
+
+
+def require_patch_multiple(run: RunConfig, key: str, sizes: int | Sequence[int]) -> None:
+    """``sizes`` (an input the backbone sees: one side or three) must be positive multiples of the architecture's."""
+    spec = architecture_of(run)
+    m = spec.patch_multiple
+    sides = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    require(
+        len(sides) in (1, 3) and all(int(s) > 0 and int(s) % m == 0 for s in sides),
+        key,
+        sizes,
+        f"{'a positive multiple' if isinstance(sizes, int) else 'three positive multiples'} of {m} for {spec.name} "
+        f"(e.g. {5 * m})",
+    )
+
+
+def require_mask_units(run: RunConfig, key: str, block_size: int, sizes: Sequence[int]) -> None:
+    """``sizes`` must be whole numbers of mask units of the run's backbone family (voxel blocks of ``block_size`` on
+    CNNs, tokens on transformers)."""
+    from nnssl.backbones import family_of
+
+    unit = family_of(architecture_of(run)).unit_for(architecture_of(run), block_size)
+    require(
+        all(int(s) % unit == 0 for s in sizes),
+        key,
+        block_size,
+        f"mask units of {unit} voxels must tile {tuple(sizes)} on {run.architecture}",
+    )
+
+
+def require_fits(key: str, crop: Sequence[int], run: RunConfig) -> None:
+    """A crop cut from the sampled patch must not be larger than ``train.patch_size`` on any axis."""
+    patch = tuple(run.train.patch_size)
+    require(
+        len(crop) == 3 and all(int(c) <= int(p) for c, p in zip(crop, patch)),
+        key,
+        tuple(crop),
+        f"at most train.patch_size={patch} on every axis (the crops are cut from that patch)",
+    )
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "warmup_poly", "warmup_cosine", "constant")
+LR_SCALINGS = ("none", "sqrt1024")
+TRACKERS = ("tensorboard", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -17,6 +91,10 @@ class TrainConfig:
 
     ``iterations_per_epoch`` counts optimizer steps; with ``grad_accumulation_steps = k`` every step consumes
     ``k`` micro-batches of ``batch_size`` (the total over all GPUs), so the effective batch is ``k * batch_size``.
+    ``compile`` wraps the model in ``torch.compile`` (upstream's ``nnUNet_compile``). ``save_checkpoints=False``
+    writes no checkpoint at all (upstream's ``--disable_checkpointing``). ``trackers`` adds TensorBoard and/or
+    Weights & Biases sinks to ``metrics.jsonl`` (optional extras ``nnssl[tensorboard]``, ``nnssl[wandb]``);
+    ``wandb_mode`` is ``offline`` unless set otherwise.
     """
 
     batch_size: int = 2
@@ -30,6 +108,46 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 25
     save_every_epochs: int = 1
     grad_accumulation_steps: int = 1
+    compile: bool = False
+    save_checkpoints: bool = True
+    trackers: tuple[str, ...] = ()
+    wandb_project: str = "nnssl"
+    wandb_mode: str = "offline"
+
+    def validate(self, run: RunConfig) -> None:
+        """Ranges and choices of the loop settings."""
+        require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        require(self.num_epochs >= 1, "train.num_epochs", self.num_epochs, ">= 1")
+        require(self.iterations_per_epoch >= 1, "train.iterations_per_epoch", self.iterations_per_epoch, ">= 1")
+        require(self.val_iterations >= 0, "train.val_iterations", self.val_iterations, ">= 0")
+        require(
+            len(self.patch_size) == 3 and all(p > 0 for p in self.patch_size),
+            "train.patch_size",
+            self.patch_size,
+            "three positive sizes",
+        )
+        require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", self.grad_clip, "> 0 or none")
+        require(
+            self.max_consecutive_nonfinite >= 1,
+            "train.max_consecutive_nonfinite",
+            self.max_consecutive_nonfinite,
+            ">= 1",
+        )
+        require(self.save_every_epochs >= 1, "train.save_every_epochs", self.save_every_epochs, ">= 1")
+        require(
+            self.grad_accumulation_steps >= 1,
+            "train.grad_accumulation_steps",
+            self.grad_accumulation_steps,
+            ">= 1 (1 disables accumulation)",
+        )
+        require(
+            all(t in TRACKERS for t in self.trackers) and len(set(self.trackers)) == len(self.trackers),
+            "train.trackers",
+            self.trackers,
+            f"empty or distinct names from {', '.join(TRACKERS)}",
+        )
+        require(self.wandb_mode in WANDB_MODES, "train.wandb_mode", self.wandb_mode, f"one of {', '.join(WANDB_MODES)}")
 
 
 @dataclass
@@ -55,6 +173,30 @@ class OptimConfig:
     weight_decay_end: float | None = None
     lr_scaling: str = "none"
 
+    def validate(self, run: RunConfig) -> None:
+        """Choices, ranges, and a warm-up shorter than the run."""
+        require(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {', '.join(OPTIMIZERS)}")
+        require(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        require(self.lr_scaling in LR_SCALINGS, "optim.lr_scaling", self.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
+        require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        require(self.final_lr >= 0, "optim.final_lr", self.final_lr, ">= 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        require(
+            self.weight_decay_end is None or self.weight_decay_end >= 0,
+            "optim.weight_decay_end",
+            self.weight_decay_end,
+            ">= 0 or none",
+        )
+        require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        require(all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "two values in [0, 1)")
+        require(self.poly_exponent > 0, "optim.poly_exponent", self.poly_exponent, "> 0")
+        require(
+            0 <= self.warmup_epochs < run.train.num_epochs or self.schedule not in ("warmup_poly", "warmup_cosine"),
+            "optim.warmup_epochs",
+            self.warmup_epochs,
+            f"in [0, train.num_epochs={run.train.num_epochs})",
+        )
+
 
 @dataclass
 class DataConfig:
@@ -68,6 +210,9 @@ class DataConfig:
     ``-device cuda``, ``interpolation_order=1`` and a method without a per-sample transform, e.g. MAE).
     ``max_unreadable_fraction``: training skips cases that cannot be decoded, with a warning, and stops when more
     than this fraction of a loader's cases failed.
+    ``filters`` selects the images a run trains on (:mod:`nnssl.data.filters`): ``modality=T1w|T2w|FLAIR`` keeps
+    those modalities, ``iqs<=2.5`` images with OpenMind image-quality score <= 2.5 (``iqs<=2.5|unknown`` also
+    those without a score); an image must pass every filter.
     """
 
     num_workers: int = 2
@@ -81,6 +226,48 @@ class DataConfig:
     num_val_subjects_min: int = 5
     spatial_augmentation_device: str = "cpu"
     max_unreadable_fraction: float = 0.05
+    filters: tuple[str, ...] = ()
+
+    def validate(self, run: RunConfig) -> None:
+        """Worker count, probabilities, ranges and the filter specifications."""
+        from nnssl.data.filters import FilterSpecError, parse_filter_spec
+
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0 (0 loads in the main process)")
+        for key in ("rotation_p", "scale_p", "anatomy_crop_p"):
+            value = getattr(self, key)
+            require(0.0 <= value <= 1.0, f"data.{key}", value, "a probability in [0, 1]")
+        require(self.rotation_max_degrees >= 0, "data.rotation_max_degrees", self.rotation_max_degrees, ">= 0")
+        require(0 < self.scale_range[0] <= self.scale_range[1], "data.scale_range", self.scale_range, "0 < low <= high")
+        require(
+            all(a in (0, 1, 2) for a in self.mirror_axes) and len(set(self.mirror_axes)) == len(self.mirror_axes),
+            "data.mirror_axes",
+            self.mirror_axes,
+            "distinct axes from 0, 1, 2 (empty: no mirroring)",
+        )
+        require(
+            0 <= self.interpolation_order <= 5,
+            "data.interpolation_order",
+            self.interpolation_order,
+            "a spline order in 0..5 (1: trilinear, 3: cubic)",
+        )
+        require(self.num_val_subjects_min >= 0, "data.num_val_subjects_min", self.num_val_subjects_min, ">= 0")
+        require(
+            self.spatial_augmentation_device in ("cpu", "cuda"),
+            "data.spatial_augmentation_device",
+            self.spatial_augmentation_device,
+            "'cpu' or 'cuda'",
+        )
+        require(
+            0.0 <= self.max_unreadable_fraction <= 1.0,
+            "data.max_unreadable_fraction",
+            self.max_unreadable_fraction,
+            "a fraction in [0, 1]",
+        )
+        for spec in self.filters:
+            try:
+                parse_filter_spec(spec)
+            except FilterSpecError as err:
+                raise ConfigError(f"'data.filters': {err}") from None
 
 
 @dataclass
@@ -94,3 +281,12 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method_cfg: Any = None
+
+    def validate(self) -> None:
+        """Run every section's ``validate(run)`` hook (the method's too, when its configuration class has one)."""
+        self.train.validate(self)
+        self.optim.validate(self)
+        self.data.validate(self)
+        hook = getattr(self.method_cfg, "validate", None)
+        if callable(hook):
+            hook(self)

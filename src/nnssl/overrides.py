@@ -6,7 +6,7 @@ Keys are ``<section>.<field>`` with section ``train``, ``optim``, ``data`` (the 
 annotated type: ``int``, ``float``, ``bool`` (``true/false/1/0/yes/no``), ``str``, tuples
 (``160,160,160``, ``(0.9,0.98)`` or ``[1,2]``) and ``None`` (``none``/``null``) for optional fields.
 Values given as Python objects (presets) are checked against the same types. An unknown key is an
-error that lists the closest valid keys.
+error that lists the closest valid keys; the result is checked by :meth:`nnssl.config.RunConfig.validate`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nnssl.config import RunConfig
+from nnssl.config import ConfigError, RunConfig
 
 SECTIONS = ("train", "optim", "data", "method")
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 _NONE = {"none", "null"}
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be applied; the message says which and why."""
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -174,42 +170,5 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | Iterable[str]
             raise _unknown_key(key, keys)
         target = _section_object(new, section)
         setattr(target, name, coerce_value(value, _field_types(target)[name], key))
-    validate(new)
+    new.validate()
     return new
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("poly", "warmup_poly", "warmup_cosine", "constant")
-LR_SCALINGS = ("none", "sqrt1024")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Check values that types alone do not constrain; the error names the key and the allowed values."""
-    checks = [
-        (cfg.train.precision in PRECISIONS, "train.precision", f"one of {', '.join(PRECISIONS)}"),
-        (cfg.optim.name in OPTIMIZERS, "optim.name", f"one of {', '.join(OPTIMIZERS)}"),
-        (cfg.optim.schedule in SCHEDULES, "optim.schedule", f"one of {', '.join(SCHEDULES)}"),
-        (cfg.train.batch_size >= 1, "train.batch_size", ">= 1"),
-        (cfg.train.num_epochs >= 1, "train.num_epochs", ">= 1"),
-        (cfg.train.iterations_per_epoch >= 1, "train.iterations_per_epoch", ">= 1"),
-        (cfg.train.val_iterations >= 0, "train.val_iterations", ">= 0"),
-        (all(p > 0 for p in cfg.train.patch_size), "train.patch_size", "positive sizes"),
-        (cfg.train.grad_clip is None or cfg.train.grad_clip > 0, "train.grad_clip", "> 0 or none"),
-        (cfg.train.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite", ">= 1"),
-        (cfg.train.save_every_epochs >= 1, "train.save_every_epochs", ">= 1"),
-        (cfg.optim.lr > 0, "optim.lr", "> 0"),
-        (cfg.train.grad_accumulation_steps >= 1, "train.grad_accumulation_steps", ">= 1"),
-        (cfg.optim.lr_scaling in LR_SCALINGS, "optim.lr_scaling", f"one of {', '.join(LR_SCALINGS)}"),
-        (
-            0 <= cfg.optim.warmup_epochs < cfg.train.num_epochs
-            or cfg.optim.schedule not in ("warmup_poly", "warmup_cosine"),
-            "optim.warmup_epochs",
-            f"in [0, train.num_epochs={cfg.train.num_epochs})",
-        ),
-    ]
-    for ok, key, allowed in checks:
-        if not ok:
-            section, _, name = key.partition(".")
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"'{key}' = {value!r} is not allowed: it must be {allowed}.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -133,22 +131,18 @@ def test_real_primus_m_forward_backward_32(primus_m):
 
 
 @pytest.mark.parametrize("name", ["ResEncTiny", "PrimusTiny"])
-def test_tiny_variants_forward_backward_fast(name):
+def test_tiny_variants_forward_backward(name):
+    """Tiny = under 0.5M parameters; their speed is not asserted here (no wall-clock checks in tests)."""
     torch.manual_seed(0)
     net = build_network(name, 1, 1, (32, 32, 32))
     x = torch.randn(2, 1, 32, 32, 32)
-    net(x).mean().backward()  # warm-up
-    net.zero_grad()
-    start = time.perf_counter()
     y = net(x)
     y.square().mean().backward()
-    elapsed = time.perf_counter() - start
     assert y.shape == (2, 1, 32, 32, 32)
     # every parameter but the unused deep-supervision heads of the U-Net decoder gets a gradient
     no_grad = [n for n, p in net.named_parameters() if p.grad is None]
     assert all(n.startswith("decoder.seg_layers.") for n in no_grad), no_grad
     assert count_parameters(net) < 500_000
-    assert elapsed < 5.0, f"{name} forward+backward at 2x32^3 took {elapsed:.2f}s"
 
 
 # ----------------------------------------------------------------------------- token order (upstream B3/B4)

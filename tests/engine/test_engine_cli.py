@@ -13,13 +13,20 @@ from nnssl.presets import config_to_dict
 
 
 def test_list_prints_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    from nnssl.presets import PRESETS
+
     assert main(["--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["preset", "method", "architecture"]
+    assert lines[0].split() == ["preset", "method", "architecture", "description"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
-    assert rows["BaseMAETrainer"] == ["MAE", "ResEncL"]
-    assert rows["BaseEvaMAETrainer_BS8"] == ["MAE", "PrimusM"]
-    assert rows["DemoMAE_ResEncTiny"] == ["MAE", "ResEncTiny"]
+    assert rows["BaseMAETrainer"][:2] == ["MAE", "ResEncL"]
+    assert rows["BaseEvaMAETrainer_BS8"][:2] == ["MAE", "PrimusM"]
+    assert rows["DemoMAE_ResEncTiny"][:2] == ["MAE", "ResEncTiny"]
+    assert len(lines) == len(PRESETS) + 1  # one line per preset
+    described = [line for line in lines[1:] if PRESETS.get(line.split()[0]).description]
+    for line in described:
+        assert line.endswith(PRESETS.get(line.split()[0]).description.splitlines()[0]), line
+    assert " ".join(rows["BaseMAETrainer"][2:]).startswith("MAE on ResEnc-L")
 
 
 def test_unknown_preset_suggests_names(nnssl_env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,14 +54,15 @@ def test_missing_preprocessed_data_names_the_command(nnssl_env, capsys: pytest.C
     assert "Configuration 'median' is not in" in capsys.readouterr().err
 
 
-def test_resume_with_other_config_is_an_error(nnssl_env, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_refuses_to_change_the_stored_batch_size(nnssl_env, capsys: pytest.CaptureFixture[str]) -> None:
     folder = nnssl_env["nnssl_results"] / "Dataset004_Demo" / "ToyPreset__nnsslPlans__onemmiso" / "fold_all"
     folder.mkdir(parents=True)
     saved = config_to_dict(toy_config("train.batch_size=4"))
     torch.save({"config": saved, "network_weights": {}}, folder / "checkpoint_latest.pth")
-    assert main(["Dataset004_Demo", "onemmiso", "-tr", "ToyPreset", "-device", "cpu", "--c"]) == 1
+    args = ["Dataset004_Demo", "onemmiso", "-tr", "ToyPreset", "-device", "cpu", "--c"]
+    assert main([*args, "--set", "train.batch_size=2"]) == 1
     err = capsys.readouterr().err
-    assert "train.batch_size: checkpoint=4 now=2" in err and "checkpoint_latest.pth" in err
+    assert "train.batch_size: 4 -> 2" in err and "checkpoint_latest.pth" in err and "Traceback" not in err
     assert (folder / "checkpoint_latest.pth").is_file()
 
 

@@ -33,7 +33,11 @@ def test_demo_training_end_to_end(demo_raw_dataset, nnssl_env) -> None:
     assert list(folder.glob("training_log_*.txt"))
     final = torch.load(folder / "checkpoint_final.pth", weights_only=True)
     assert final["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"]
-    assert final["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["onemmiso"]["patch_size"] == [48, 48, 48]
+    used = final["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["onemmiso"]
+    assert used["patch_size"] == [48, 48, 48]
+    # how the pre-training data was normalised travels with the weights (nnU-Net's like_nnssl: z-score everywhere)
+    assert used["normalization_schemes"] == ["ZScoreNormalization"] and used["use_mask_for_norm"] == [False]
+    assert used["normalization_by_modality"] == {}
     assert final["current_epoch"] == 1 and final["config"]["preset"] == "DemoMAE_ResEncTiny"
     assert main([*args, "--set", "train.num_epochs=2", "--c"]) == 0
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -156,14 +156,23 @@ def test_checkpoint_contents_and_weights_only(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(f"*{TEMP_MARKER}*"))
 
 
-def test_resume_prefers_final_and_ignores_temporary_files(tmp_path: Path) -> None:
+def test_resume_picks_the_most_advanced_checkpoint_and_ignores_temporary_files(tmp_path: Path) -> None:
     (tmp_path / f"checkpoint_final{TEMP_MARKER}-abcd.pth").write_bytes(b"partial")
     assert find_resume_checkpoint(tmp_path) is None
-    for name in ("checkpoint_best.pth", "checkpoint_latest.pth"):
-        (tmp_path / name).write_bytes(b"x")
-    assert find_resume_checkpoint(tmp_path).name == "checkpoint_latest.pth"
-    (tmp_path / "checkpoint_final.pth").write_bytes(b"x")
-    assert find_resume_checkpoint(tmp_path).name == "checkpoint_final.pth"
+    for name, step in (("checkpoint_best.pth", 5), ("checkpoint_latest.pth", 40), ("checkpoint_final.pth", 10)):
+        torch.save({"global_step": step, "current_epoch": step // 5}, tmp_path / name)
+    assert find_resume_checkpoint(tmp_path).name == "checkpoint_latest.pth"  # step 40 beats final's 10
+    torch.save({"global_step": 40, "current_epoch": 8}, tmp_path / "checkpoint_final.pth")
+    assert find_resume_checkpoint(tmp_path).name == "checkpoint_final.pth"  # a tie goes to final
+
+
+def test_a_more_advanced_checkpoint_is_never_overwritten(tmp_path: Path) -> None:
+    trainer = make_trainer(toy_config("train.num_epochs=1"), tmp_path)
+    torch.save({"global_step": 40, "current_epoch": 8}, tmp_path / "checkpoint_latest.pth")
+    before = (tmp_path / "checkpoint_latest.pth").read_bytes()
+    with pytest.raises(CheckpointError, match="Refusing to overwrite .*step 40"):
+        trainer.save_checkpoint("checkpoint_latest.pth")
+    assert (tmp_path / "checkpoint_latest.pth").read_bytes() == before
 
 
 def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
@@ -217,3 +226,12 @@ def test_sigterm_saves_latest_and_stops_cleanly(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(tmp_path / "checkpoint_latest.pth")
     assert checkpoint["global_step"] == 2 and checkpoint["epoch_progress"]["iteration"] == 2
     assert trainer.stopper.signal_name == "SIGTERM"
+
+
+def test_training_logs_its_first_step_at_once_without_a_terminal(tmp_path, caplog) -> None:
+    trainer = make_trainer(toy_config("train.num_epochs=1", "train.iterations_per_epoch=3"), tmp_path)
+    with caplog.at_level("INFO", logger="nnssl"):
+        assert trainer.fit()
+    messages = [r.getMessage() for r in caplog.records]
+    first = next(i for i, m in enumerate(messages) if m.startswith("First step done; epoch 0: step 1 of 3"))
+    assert first < next(i for i, m in enumerate(messages) if m.startswith("Epoch 0:"))

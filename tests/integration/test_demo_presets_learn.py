@@ -10,10 +10,12 @@ loss of the last two epochs / train loss of the first epoch (seed 12345 = the pr
 | DemoSimCLR_ResEncTiny | 6      | 0.922 (0.947)                 |                                             |
 | DemoSimCLR_PrimusTiny | 10     | 0.885 (0.906, 0.912)          |                                             |
 | DemoVoCo_ResEncTiny   | 6      | 0.833 (0.920)                 | 0.488 -> 0.350, -28% (-22%)                 |
-| DemoVoCo_PrimusTiny   | 6      | 0.911 (0.977)                 | 0.444 -> 0.330, -26% (-18%)                 |
+| DemoVoCo_PrimusTiny   | 6      | 0.906 (0.875, 0.930)          | 0.429 -> 0.378, -12% (-22%, -28%)           |
 
-DemoVoCo_PrimusTiny's total loss falls only for some seeds (10 epochs: 1.03, 0.997, 0.978 for seeds 12345, 1, 2)
-while its L_pos falls by 18-22% for all three; with 6 epochs at the presets' seed the total falls by 9%.
+DemoVoCo_PrimusTiny was re-measured after whole-volume z-scoring became the preprocessing default (the other rows
+predate it and still pass their thresholds at the presets' seed): its L_pos falls by 12-28% over 6 epochs for
+seeds 12345, 1, 2 (10 epochs: 15-22%), less than on ResEnc, so its bound is 0.9 instead of 0.85. Before the
+change: total 0.911 (0.977), L_pos 0.444 -> 0.330 (-26%, -18%); 10 epochs 1.03, 0.997, 0.978.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SIMCLR = {
 }
 # VoCo: the presets' 4x4x1 grid of 16^3 bases from 64x64x16 patches, batch 4; 7-30 s per preset.
 VOCO = {"train.batch_size": 4, "train.num_epochs": 6, "train.iterations_per_epoch": 10, "train.val_iterations": 1}
+#: Bound on (mean L_pos of the last two epochs) / (L_pos of the first epoch), from the measurements above.
+VOCO_POS_RATIO = {"DemoVoCo_ResEncTiny": 0.85, "DemoVoCo_PrimusTiny": 0.9}
 
 
 @pytest.mark.slow
@@ -61,5 +65,5 @@ def test_short_demo_run_lowers_the_training_loss(demo_raw_dataset, nnssl_env, pr
         # (documentation/contrastive.md, VoCo).
         pos = [r["train/pos"] for r in records]
         assert all(math.isfinite(v) for v in pos), pos
-        assert (pos[-1] + pos[-2]) / 2 < 0.85 * pos[0], pos
+        assert (pos[-1] + pos[-2]) / 2 < VOCO_POS_RATIO[preset] * pos[0], pos
     assert checkpoint["nnssl_adaptation_plan"]["architecture_plans"]["arch_kwargs"] is not None

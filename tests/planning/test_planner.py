@@ -92,7 +92,10 @@ def test_plan_values(dataset: Path) -> None:
 
 def test_normalization_by_modality_and_channels(dataset: Path) -> None:
     config = _plan([[1.0, 1.0, 1.0]]).configuration("onemmiso")
-    assert config.normalization_by_modality == {"CT": "CTNormalization"}
+    # nnU-Net's pre-trained fine-tuning z-scores every modality, CT included: so does the default plan
+    assert config.normalization_by_modality == {}
+    assert config.normalization_for("CT") == config.normalization_for("T1w") == "ZScoreNormalization"
+    config.normalization_by_modality = {"CT": "CTNormalization"}  # still selectable per modality
     assert config.normalization_for("CT") == config.normalization_for("ct") == "CTNormalization"
     assert config.normalization_for("T1w") == config.normalization_for("FLAIR") == "ZScoreNormalization"
     two = _plan([[1.0, 1.0, 1.0]], images=[{"num_channels": 2}]).configuration("median")
@@ -126,7 +129,7 @@ def test_upstream_files_load(dataset: Path, tmp_path: Path) -> None:
         config["patch_size"] = None
     save_json(data, tmp_path / "upstream.json")
     plan = Plan.load(tmp_path / "upstream.json")
-    assert plan.configuration("onemmiso").normalization_for("CT") == "CTNormalization"
+    assert plan.configuration("onemmiso").normalization_for("CT") == "ZScoreNormalization"  # as upstream
     assert plan.configuration("onemmiso").storage_precision == "float32"
     data["configurations"]["onemmiso"]["storage_precision"] = "float8"
     save_json(data, tmp_path / "bad_precision.json")

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from nnssl.data.case_store import case_is_complete, data_path, open_case, properties_path
 from nnssl.data.collection import Collection
 from nnssl.preprocessing.api import preprocess_dataset, preprocessed_images
+from nnssl.preprocessing.cropping import bounding_box
 from nnssl.serialization import load_json
 
 DATASET = "Dataset042_PreTest"
@@ -63,10 +64,12 @@ def test_end_to_end_onemmiso_with_bad_inputs(nnssl_env, raw_dataset):
     assert anat.mean() > 0.1 and not np.array_equal(anat, anon)
     raw_fg = data[0] > data[0].min() + 1e-3
     assert (anat[0].astype(bool) & raw_fg).sum() > 0.9 * anat.sum(), "anatomy lies inside the image foreground"
-    # z-score statistics are those of the raw image's foreground (nonzero voxels), applied to every voxel
+    # z-score statistics are those of the whole cropped box of the raw image (nnU-Net's use_mask_for_norm=False)
     raw = sitk.GetArrayFromImage(sitk.ReadImage(raw_dataset["kmeans.nii.gz"]["image_path"])).astype(np.float64)
+    box = tuple(slice(lo, hi) for lo, hi in bounding_box(raw != 0))  # the same voxels in any axis order
     stats = props["normalization"]["channels"][0]
-    assert abs(stats["mean"] - raw[raw != 0].mean()) < 0.05 and abs(stats["std"] - raw[raw != 0].std()) < 0.05
+    assert props["normalization"]["use_mask_for_norm"] == [False]
+    assert abs(stats["mean"] - raw[box].mean()) < 0.05 and abs(stats["std"] - raw[box].std()) < 0.05
     restored = data[0] * stats["std"] + stats["mean"]
     high, low = np.percentile(restored, [99.9, 0.1])  # cubic splines overshoot a little at sharp edges
     assert 0.7 * raw.max() < high < 1.1 * raw.max() and -0.1 * raw.max() < low < 0.05 * raw.max()
@@ -129,17 +132,15 @@ def test_parts_merge_and_noresample_keeps_grid(nnssl_env, make_raw_dataset):
     assert case.properties["spacing"] == [3, 2, 2]  # canonical [2, 3, 2]
     stored, background = case.data[0], -case.properties["normalization"]["channels"][0]["mean"]
     background /= case.properties["normalization"]["channels"][0]["std"]
-    foreground = np.abs(stored - background) > 1e-4  # no resampling: the raw nonzero voxels exactly
-    assert abs(float(stored[foreground].mean())) < 1e-3 and abs(float(stored[foreground].std()) - 1) < 1e-3
+    assert (np.abs(stored - background) > 1e-4).any()  # raw zeros sit at -mean/std
+    assert abs(float(stored.mean())) < 1e-3 and abs(float(stored.std()) - 1) < 1e-3  # no resampling: exact z-score
     assert list(case.data.shape[1:]) == case.properties["shape_after_cropping_and_before_resampling"]
-    # CT: HU window clipping then z-score with foreground statistics
+    # CT: z-scored like every modality (as nnU-Net's pre-trained fine-tuning does), no HU clipping by default
     ct = open_case(_case_stem(pre, "ses-3", "ct", "noresample"))
     norm = ct.properties["normalization"]
-    assert norm["scheme"] == "CTNormalization" and norm["channels"][0]["clip"] == [-1000, 2000]
+    assert norm["scheme"] == "ZScoreNormalization" and "clip" not in norm["channels"][0]
     values = ct.data[:]
-    stats = norm["channels"][0]
-    restored = values * stats["std"] + stats["mean"]
-    assert np.isfinite(values).all() and restored.min() > -1000.1 and restored.max() < 2000.1
+    assert np.isfinite(values).all() and abs(float(values.mean())) < 1e-3 and abs(float(values.std()) - 1) < 1e-3
 
 
 def test_num_processes_must_match_configurations(nnssl_env, raw_dataset):

@@ -64,4 +64,4 @@ def test_plan_and_preprocess_demo(nnssl_env, demo_raw_dataset):
         by_modality.setdefault(case.properties["modality"], []).append(case.properties["normalization"]["scheme"])
         if image.anatomy_mask:
             assert case.masks["anatomy"].shape == case.data.shape
-    assert by_modality["CT"] == ["CTNormalization"] and set(by_modality["T1w"]) == {"ZScoreNormalization"}
+    assert by_modality["CT"] == ["ZScoreNormalization"] and set(by_modality["T1w"]) == {"ZScoreNormalization"}

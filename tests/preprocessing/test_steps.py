@@ -44,19 +44,37 @@ def test_crop_bbox_and_fill_holes():
         crop_to_nonzero(np.zeros((1, 4, 4, 4), np.float32))
 
 
-def test_zscore_uses_foreground_statistics():
+def test_zscore_uses_whole_volume_statistics_unless_use_mask_for_norm():
     rng = np.random.default_rng(0)
     x = np.zeros((1, 30, 30, 30), dtype=np.float32)
     x[0, 5:25, 5:25, 5:25] = rng.normal(100.0, 15.0, size=(20, 20, 20))
     foreground = x[0] != 0
-    out, stats = normalize(x, foreground, "ZScoreNormalization")
-    assert abs(out[0][foreground].mean()) < 1e-4
-    assert abs(out[0][foreground].std() - 1.0) < 1e-4
+    out, stats = normalize(x, foreground, "ZScoreNormalization")  # default: nnU-Net's use_mask_for_norm = False
+    assert abs(out[0].mean()) < 1e-4 and abs(out[0].std() - 1.0) < 1e-4
+    assert abs(stats["channels"][0]["mean"] - x.mean()) < 1e-3 and stats["use_mask_for_norm"] == [False]
+    assert np.allclose(out[0][~foreground], -x.mean() / x.std(), atol=1e-4)  # the same affine map everywhere
+    masked, stats = normalize(x, foreground, "ZScoreNormalization", [True])
+    assert abs(masked[0][foreground].mean()) < 1e-4 and abs(masked[0][foreground].std() - 1.0) < 1e-4
     assert abs(stats["channels"][0]["mean"] - 100.0) < 0.5 and abs(stats["channels"][0]["std"] - 15.0) < 0.5
-    # background is transformed with the same affine map
-    assert np.allclose(out[0][~foreground], -stats["channels"][0]["mean"] / stats["channels"][0]["std"], atol=1e-4)
+    assert (masked[0][~foreground] == 0).all()  # nnU-Net leaves the background at 0
     flat, stats = normalize(np.full((1, 4, 4, 4), 7.0, np.float32), np.ones((4, 4, 4), bool), "ZScoreNormalization")
     assert np.isfinite(flat).all() and stats["channels"][0]["std"] == 0.0
+
+
+def test_skull_stripped_background_sits_where_nnunet_puts_it():
+    """Colin27 (skull-stripped): background at -0.85 sigma with nnU-Net's whole-volume z-score (was -4.76)."""
+    from nnssl.data.demo import demo_asset
+    from nnssl.imageio import read_image
+
+    data, _ = read_image(demo_asset("ch2bet.nii.gz"))
+    cropped, _, foreground, _ = crop_to_nonzero(data.astype(np.float32), {})
+    out, _ = normalize(cropped, foreground, "ZScoreNormalization")
+    background = float(out[0][~foreground].mean())
+    raw = cropped[0].astype(np.float64)
+    assert background == pytest.approx(-raw.mean() / raw.std(), abs=1e-4)
+    assert background == pytest.approx(-0.85, abs=0.01)
+    foreground_stats = -raw[foreground].mean() / raw[foreground].std()  # the former scheme
+    assert foreground_stats == pytest.approx(-4.76, abs=0.01)
 
 
 def test_ct_normalization_clips_hounsfield_window():
@@ -68,8 +86,9 @@ def test_ct_normalization_clips_hounsfield_window():
     np.testing.assert_allclose(out[0, :, 0, 0], expected, rtol=1e-5, atol=1e-5)
     assert stats["channels"][0]["clip"] == [-1000.0, 2000.0]
     assert {"ZScoreNormalization", "CTNormalization"} <= set(NORMALIZERS.names())
-    assert normalization_scheme(CONFIG, "CT") == "CTNormalization"
+    assert normalization_scheme(CONFIG, "CT") == "CTNormalization"  # CONFIG asks for it per modality
     assert normalization_scheme(CONFIG, "T1w") == "ZScoreNormalization"
+    assert normalization_scheme({"normalization_schemes": ["ZScoreNormalization"]}, "CT") == "ZScoreNormalization"
 
 
 def test_resampling_shape_and_smooth_values():

@@ -21,6 +21,11 @@ FAMILIES.add("cnn", CNNBackbone)
 FAMILIES.add("transformer", TransformerBackbone)
 
 
+def family_of(arch: ArchitectureSpec) -> type[Backbone]:
+    """The backbone interface class of ``arch``'s family (class-level facts, no network built)."""
+    return FAMILIES.get(arch.family)
+
+
 def build_backbone(
     arch: ArchitectureSpec,
     in_channels: int,
@@ -38,4 +43,4 @@ def build_backbone(
     return FAMILIES.get(arch.family)(arch, in_channels, size, reconstruction, decoder_depth, mask_token_std)
 
 
-__all__ = ["FAMILIES", "Backbone", "Features", "Reconstruction", "build_backbone"]
+__all__ = ["FAMILIES", "Backbone", "Features", "Reconstruction", "build_backbone", "family_of"]

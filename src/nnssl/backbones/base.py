@@ -109,9 +109,15 @@ class Backbone(nn.Module):
     def has_mask_token(self) -> bool:
         return getattr(self, "mask_token", None) is not None
 
-    def mask_unit(self, block_size: int) -> int:
-        """Side of one mask unit: ``block_size`` on voxel-masking families, the token size on transformers."""
+    @classmethod
+    def unit_for(cls, arch: ArchitectureSpec, block_size: int) -> int:
+        """Side of one mask unit of ``arch``: ``block_size`` on voxel-masking families, the token size on
+        transformers (known without building the network, for validating settings)."""
         raise NotImplementedError
+
+    def mask_unit(self, block_size: int) -> int:
+        """Side of one mask unit of this backbone (see :meth:`unit_for`)."""
+        return self.unit_for(self.arch, block_size)
 
     def unit_grid(self, input_size: Sequence[int], block_size: int) -> tuple[int, int, int]:
         """Mask units per axis of an input of ``input_size``."""

@@ -67,7 +67,8 @@ class CNNBackbone(Backbone):
     def feature_dim(self) -> int:
         return int(sum(self.network.encoder.output_channels))
 
-    def mask_unit(self, block_size: int) -> int:
+    @classmethod
+    def unit_for(cls, arch: ArchitectureSpec, block_size: int) -> int:
         return int(block_size)
 
     def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:

@@ -92,6 +92,10 @@ class TransformerBackbone(Backbone):
     def feature_dim(self) -> int:
         return int(self.network.embed_dim)
 
+    @classmethod
+    def unit_for(cls, arch: ArchitectureSpec, block_size: int) -> int:
+        return int(arch.token_size)
+
     def mask_unit(self, block_size: int) -> int:
         return self.token_size
 

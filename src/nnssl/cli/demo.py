@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnssl.cli.train import user_errors
+from nnssl.cli.train import STOP_EXIT_CODES, user_errors
 
 logger = logging.getLogger("nnssl.demo")
 
@@ -72,7 +72,9 @@ def run_demo(args: argparse.Namespace) -> Path:
             overrides=tuple(args.overrides),
             device=args.device,
             resume=args.resume,
-        )
+            replace_previous_run=not args.resume,
+        ),
+        reraise_signal=False,
     )
     logger.info("Demo finished in %.0f s", time.perf_counter() - started)
     return folder
@@ -80,11 +82,14 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nnssl.engine.run import configure_console_logging
+    from nnssl.engine.run import TrainingStopped, configure_console_logging
 
     configure_console_logging()
     try:
         folder = run_demo(args)
+    except TrainingStopped as stopped:
+        sys.stderr.write(f"{stopped}\n")
+        return STOP_EXIT_CODES.get(stopped.signal_name, 0)
     except user_errors() as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

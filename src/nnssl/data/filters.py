@@ -11,13 +11,18 @@ A filter is any callable ``IndependentImage -> bool``; an image is kept when eve
   from one collection), and an image without a score (combination missing from the table, score null/NaN, no
   ``image_info``) does not raise: it is dropped by default, because its quality is unknown, or kept with
   ``keep_unknown=True``. The construction logs how many images have no score.
+
+In a run, filters are configuration: ``data.filters`` holds text specifications (:data:`FILTER_SYNTAX`), parsed
+when the configuration is validated and built against the preprocessed collection by :func:`build_filters`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nnssl.data.collection import Collection, IndependentImage
@@ -25,6 +30,7 @@ from nnssl.data.collection import Collection, IndependentImage
 logger = logging.getLogger(__name__)
 
 IQS_TABLE_KEY = "image_quality_score"
+ImageFilterFn = Callable[[IndependentImage], bool]
 
 
 class ModalityFilter:
@@ -120,3 +126,89 @@ class OpenMindIQSFilter:
 
     def __repr__(self) -> str:
         return f"OpenMindIQSFilter(threshold={self.threshold}, keep_unknown={self.keep_unknown})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters as configuration (``data.filters``): text specifications, parsed once, built against a collection.
+
+FILTER_SYNTAX = (
+    "modality=<m1>|<m2>|... (keep these modalities, e.g. modality=T1w|T2w|FLAIR) or iqs<=<threshold> "
+    "(keep OpenMind image-quality score <= threshold, e.g. iqs<=2.5; iqs<=2.5|unknown also keeps unscored images)"
+)
+_MODALITY = re.compile(r"^\s*modality\s*=\s*(?P<values>.+?)\s*$")
+_IQS = re.compile(r"^\s*iqs\s*<=\s*(?P<threshold>[0-9.eE+-]+)\s*(?P<unknown>\|\s*unknown)?\s*$")
+
+
+class FilterSpecError(ValueError):
+    """A ``data.filters`` entry that does not follow :data:`FILTER_SYNTAX`."""
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One parsed ``data.filters`` entry: ``kind`` is ``"modality"`` or ``"iqs"``."""
+
+    text: str
+    kind: str
+    modalities: tuple[str, ...] = ()
+    threshold: float | None = None
+    keep_unknown: bool = False
+
+
+def parse_filter_spec(text: str) -> FilterSpec:
+    """Parse ``modality=T1w|T2w`` or ``iqs<=2.5`` (``iqs<=2.5|unknown``); anything else is a FilterSpecError."""
+    match = _MODALITY.match(text)
+    if match:
+        modalities = tuple(m.strip() for m in match.group("values").split("|"))
+        if not all(modalities):
+            raise FilterSpecError(f"'{text}' has an empty modality; use {FILTER_SYNTAX}.")
+        return FilterSpec(text=text.strip(), kind="modality", modalities=modalities)
+    match = _IQS.match(text)
+    if match:
+        try:
+            threshold = float(match.group("threshold"))
+        except ValueError:
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise FilterSpecError(f"'{text}' needs a finite number after 'iqs<='; use {FILTER_SYNTAX}.")
+        return FilterSpec(
+            text=text.strip(), kind="iqs", threshold=threshold, keep_unknown=match.group("unknown") is not None
+        )
+    raise FilterSpecError(f"'{text}' is not a filter; use {FILTER_SYNTAX}.")
+
+
+def build_filters(specs: Sequence[str], collection: Collection) -> list[ImageFilterFn]:
+    """The filter objects of ``data.filters`` for ``collection`` (the IQS filter reads its score tables).
+
+    An ``iqs`` filter on a collection without any score table is a ValueError: every image would be unscored.
+    """
+    filters: list[ImageFilterFn] = []
+    for text in specs:
+        spec = parse_filter_spec(text)
+        if spec.kind == "modality":
+            filters.append(ModalityFilter(spec.modalities))
+            continue
+        if not any(IQS_TABLE_KEY in (d.dataset_info or {}) for d in collection.datasets.values()):
+            raise ValueError(
+                f"data.filters '{spec.text}': collection '{collection.collection_name}' has no image-quality scores "
+                f'(no dataset has dataset_info["{IQS_TABLE_KEY}"]); IQS filters work on collections written by '
+                "nnssl_convert_openmind. Remove the filter (--set data.filters=) or add the score tables."
+            )
+        assert spec.threshold is not None
+        filters.append(OpenMindIQSFilter(collection, spec.threshold, keep_unknown=spec.keep_unknown))
+    return filters
+
+
+def apply_filters(
+    images: Sequence[IndependentImage], filters: Sequence[ImageFilterFn]
+) -> tuple[list[IndependentImage], dict[str, int]]:
+    """``(kept images, {repr(filter): number of images it removed first})``; filters run in order."""
+    kept: list[IndependentImage] = []
+    removed = {repr(f): 0 for f in filters}
+    for image in images:
+        for f in filters:
+            if not f(image):
+                removed[repr(f)] += 1
+                break
+        else:
+            kept.append(image)
+    return kept, removed

@@ -301,7 +301,10 @@ class _EpochBatches:
 
 
 def _worker_init(_: int) -> None:
+    from nnssl.engine.signals import ignore_stop_signals
+
     torch.set_num_threads(1)
+    ignore_stop_signals()  # SIGTERM to the process group / Ctrl-C: the main process saves and stops the workers
 
 
 class TrainLoader:

@@ -1,24 +1,38 @@
-"""Where training progress goes: the text log, ``metrics.jsonl`` and ``progress.png`` (rank 0 only).
+"""Where training progress goes: the text log, the metrics stream and ``progress.png`` (rank 0 only).
 
 - ``training_log_<Y>_<M>_<D>_<HH>_<MM>_<SS>.txt``: every message of the ``nnssl`` logger during the run.
-- ``metrics.jsonl``: one JSON object per finished epoch (``epoch``, ``train_loss``, ``val_loss``, ``lr``,
-  ``epoch_time_s``, ``skipped_steps``, ``global_step`` and the method's metrics as ``train/<name>``).
-  On resume, lines of epochs that are redone are dropped, so the file always matches the checkpoint.
+- The metrics stream (:class:`MetricsStream`): one record per finished epoch (``epoch``, ``train_loss``,
+  ``val_loss``, ``lr``, ``epoch_time_s``, ``skipped_steps``, ``global_step`` and the method's metrics as
+  ``train/<name>``), written to every sink:
+
+  * ``metrics.jsonl`` (always): one JSON object per line. On resume, lines of epochs that are redone are
+    dropped, so the file always matches the checkpoint.
+  * TensorBoard (``train.trackers=tensorboard``, extra ``nnssl[tensorboard]``): scalars under
+    ``<run folder>/tensorboard``, step = epoch.
+  * Weights & Biases (``train.trackers=wandb``, extra ``nnssl[wandb]``): ``wandb.log(record, step=epoch)`` in
+    ``train.wandb_mode`` (``offline`` by default: files under ``<run folder>/wandb``, ``wandb sync`` uploads
+    them), project ``train.wandb_project``, one W&B run id per run folder so that ``--c`` continues it.
+
+  An optional sink that fails is logged and dropped; it never stops training.
 - ``progress.png``: train/val loss and learning rate per epoch, redrawn after every epoch.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import importlib.util
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nnssl.serialization import atomic_path, to_jsonable
 
 LOGGER_NAME = "nnssl"
+logger = logging.getLogger(__name__)
 
 
 def attach_text_log(folder: Path) -> tuple[logging.Handler, Path]:
@@ -47,6 +61,14 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+class MetricsSink(Protocol):
+    """Receives every epoch record of the metrics stream."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsFile:
     """Append-only ``metrics.jsonl``, truncated to the epochs before ``start_epoch`` on resume."""
 
@@ -65,9 +87,125 @@ class MetricsFile:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one epoch's record (non-finite numbers become null)."""
-        clean = {k: _finite_or_none(v) for k, v in to_jsonable(record).items()}
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Nothing to do: every line is written when it comes."""
+
+
+def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of a record (``epoch`` and ``global_step`` excluded: they are the step)."""
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k not in ("epoch", "global_step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+class TensorBoardSink:
+    """Scalars of every record under ``<folder>/tensorboard`` (``torch.utils.tensorboard``; step = epoch)."""
+
+    def __init__(self, folder: Path, config: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, global_step=int(record["epoch"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def wandb_run_id(folder: Path) -> str:
+    """A stable W&B run id for a run folder, so that ``--c`` continues the same W&B run."""
+    return "nnssl-" + hashlib.sha1(str(folder.resolve()).encode("utf-8")).hexdigest()[:16]
+
+
+class WandbSink:
+    """``wandb.log`` of every record (step = epoch) in ``train.wandb_mode`` (offline by default)."""
+
+    def __init__(self, folder: Path, config: Mapping[str, Any]) -> None:
+        import wandb
+
+        train = config.get("train", {})
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=train.get("wandb_project", "nnssl"),
+            mode=train.get("wandb_mode", "offline"),
+            dir=str(folder),
+            id=wandb_run_id(folder),
+            name=f"{folder.parent.name}/{folder.name}",
+            config=dict(config),
+            resume="allow",
+        )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.run.log(_scalars(record), step=int(record["epoch"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+#: ``train.trackers`` name -> (the module it needs, the pip extra that installs it, the sink's factory).
+TRACKERS: dict[str, tuple[str, str, Callable[[Path, Mapping[str, Any]], MetricsSink]]] = {
+    "tensorboard": ("tensorboard", "nnssl[tensorboard]", TensorBoardSink),
+    "wandb": ("wandb", "nnssl[wandb]", WandbSink),
+}
+
+
+def missing_trackers(trackers: tuple[str, ...] | list[str]) -> list[str]:
+    """``"<name> (pip install '<extra>')"`` for every requested tracker whose package is not installed."""
+    return [
+        f"{name} (pip install '{TRACKERS[name][1]}')"
+        for name in trackers
+        if name in TRACKERS and importlib.util.find_spec(TRACKERS[name][0]) is None
+    ]
+
+
+class MetricsStream:
+    """One record per epoch to ``metrics.jsonl`` and the configured trackers (a failing tracker is dropped)."""
+
+    def __init__(self, sinks: list[MetricsSink]) -> None:
+        self.sinks = list(sinks)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Send one epoch's record (non-finite numbers become null) to every sink."""
+        clean = {k: _finite_or_none(v) for k, v in to_jsonable(record).items()}
+        for sink in list(self.sinks):
+            try:
+                sink.write(clean)
+            except Exception as err:  # noqa: BLE001 - a tracker must never stop training
+                if isinstance(sink, MetricsFile):
+                    raise
+                logger.warning(
+                    "Metrics sink %s failed (%s); it is switched off for this run.", type(sink).__name__, err
+                )
+                self.sinks.remove(sink)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as err:  # noqa: BLE001
+                logger.warning("Could not close metrics sink %s: %s", type(sink).__name__, err)
+
+
+def open_metrics_stream(
+    folder: Path, start_epoch: int, trackers: tuple[str, ...] | list[str] = (), config: Mapping[str, Any] | None = None
+) -> MetricsStream:
+    """``metrics.jsonl`` plus a sink per tracker name; a tracker that cannot start is logged and left out."""
+    sinks: list[MetricsSink] = [MetricsFile(folder / "metrics.jsonl", start_epoch)]
+    for name in trackers:
+        try:
+            sinks.append(TRACKERS[name][2](folder, config or {}))
+            logger.info("Metrics also go to %s.", name)
+        except Exception as err:  # noqa: BLE001 - training goes on with the other sinks
+            logger.warning("Could not start the %s tracker (%s); metrics.jsonl is still written.", name, err)
+    return MetricsStream(sinks)
 
 
 def _plottable(values: list) -> list[float]:

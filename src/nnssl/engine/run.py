@@ -1,21 +1,31 @@
 """Assemble and start a pre-training run: what ``nnssl_train DATASET CONFIG -tr PRESET`` does.
 
-Order (every user error is raised before any process is spawned or any data is read):
+Order (every user error is raised before any file or folder is created and before any process is spawned):
 
-1. resolve the preset and ``--set`` overrides into a :class:`RunConfig`;
-2. resolve the dataset name, the output folder
-   ``$nnssl_results/<Dataset>/<preset>__<plans>__<config>/fold_all`` and, with ``--c``, the checkpoint to
-   continue from (final > latest > best) and check that its configuration matches;
-3. check that plans and preprocessed data exist (the error names the command to run);
+1. the configuration (:mod:`nnssl.engine.run_config`): preset + environment + ``--set`` for a new run,
+   ``--config FILE``, or, with ``--c``, the configuration stored in the most advanced checkpoint (by step) with
+   only the safe ``--set`` changes; every configuration class validates itself;
+2. the dataset name, the output folder ``$nnssl_results/<Dataset>/<preset>__<plans>__<config>/fold_all``, the
+   plans and preprocessed data (the error names the command to run), ``data.filters`` against the collection,
+   the trackers' packages, the device; a new run refuses a folder that already holds checkpoints;
+3. the run folder's lock (:mod:`nnssl.engine.run_lock`: one run per folder), then leftover temporary
+   checkpoint files of a killed save are removed;
 4. one process, ``-num_gpus N`` processes (``torch.multiprocessing.spawn``) or the torchrun processes each
-   run :func:`train_worker`: preprocessed images -> subject split (``splits_final.json``) -> method ->
-   adaptation plan (written, then verified by building the downstream network from it alone and loading
-   encoder and stem strictly) -> loaders -> :class:`Trainer` -> ``fit``.
+   run :func:`train_worker`: preprocessed images -> subject split (``splits_final.json``) -> filters -> method
+   (initialised from ``train.seed``) -> adaptation plan (written, then verified by building the downstream
+   network from it alone and loading encoder and stem strictly) -> loaders -> :class:`Trainer` -> ``fit``
+   (or, for ``--val``/``--val_best``, only a validation pass of that checkpoint).
+
+A stop signal (SIGTERM, SIGUSR1, SIGINT) ends the run gracefully after ``checkpoint_latest.pth`` is written;
+:func:`run_training` then re-raises it (see :mod:`nnssl.engine.signals`) or, for the CLI, raises
+:class:`TrainingStopped`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +36,13 @@ import torch
 
 from nnssl.config import RunConfig
 from nnssl.engine.checkpoint import (
+    RESUME_ORDER,
     CheckpointError,
-    config_differences,
+    checkpoint_progress,
     find_resume_checkpoint,
-    load_checkpoint,
     load_pretrained_weights,
+    peek_checkpoint,
+    remove_temporary_checkpoints,
 )
 from nnssl.engine.distributed import (
     DistContext,
@@ -41,8 +53,11 @@ from nnssl.engine.distributed import (
     split_batch,
     torchrun_context,
 )
-from nnssl.engine.logging_sinks import attach_text_log, detach_text_log
-from nnssl.engine.trainer import ResumeMismatchError, Trainer
+from nnssl.engine.logging_sinks import attach_text_log, detach_text_log, missing_trackers
+from nnssl.engine.run_config import exported_config, new_run_config, resume_config
+from nnssl.engine.run_lock import RunLock
+from nnssl.engine.signals import GracefulStop, reraise_stop_signal
+from nnssl.engine.trainer import Trainer, derive_seed, seed_everything
 from nnssl.paths import dataset_id, preprocessed_folder, resolve_dataset_name, results_folder
 from nnssl.serialization import load_json, save_json
 
@@ -50,15 +65,36 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PLANS = "nnsslPlans"
 IN_CHANNELS = 1
+#: Offset of the seed that initialises the networks (the same on every rank): ``derive_seed(train.seed, offset)``.
+INIT_SEED_OFFSET = 2_000_003
+VALIDATION_CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 
 
 class RunError(RuntimeError):
     """A problem with the request or the inputs of a run; the message says what to do."""
 
 
+class TrainingStopped(Exception):
+    """The run stopped on a signal after saving ``checkpoint_latest.pth`` (``run_training(reraise_signal=False)``)."""
+
+    def __init__(self, signum: int, folder: Path) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.folder = folder
+        super().__init__(f"stopped by {self.signal_name}; continue with --c ({folder})")
+
+
 @dataclass
 class RunRequest:
-    """The arguments of ``nnssl_train``."""
+    """The arguments of ``nnssl_train``.
+
+    ``config_file``: a run's ``config.json`` to re-run exactly (``--config``). ``validation_only``: ``"final"`` or
+    ``"best"`` (``--val`` / ``--val_best``) validates that checkpoint and trains nothing. ``replace_previous_run``:
+    a new run deletes the checkpoints and metrics of an earlier run in its folder instead of refusing (the demo
+    uses it). ``config``: the resolved configuration (set by :func:`run_training` for the worker processes).
+    """
 
     dataset: str
     configuration: str
@@ -69,18 +105,36 @@ class RunRequest:
     device: str = "cuda"
     resume: bool = False
     pretrained_weights: str | None = None
+    config_file: str | None = None
+    validation_only: str | None = None
+    replace_previous_run: bool = False
+    config: RunConfig | None = None
 
 
-def resolve_run_config(preset: str, overrides: Sequence[str]) -> RunConfig:
-    """The run's configuration; an unknown preset is a :class:`RunError` with the closest names."""
-    from nnssl.presets import PRESETS, resolve_config
+def check_preset(preset: str) -> None:
+    """An unknown preset is a :class:`RunError` with the closest names."""
+    from nnssl.presets import PRESETS
 
     if preset not in PRESETS:
         try:
             PRESETS.get(preset)
         except KeyError as err:
             raise RunError(f"{err.args[0]} List all presets with: nnssl_train --list") from None
-    return resolve_config(preset, list(overrides))
+
+
+def resolve_run_config(preset: str, overrides: Sequence[str]) -> RunConfig:
+    """A new run's configuration: the preset, the environment (``nnUNet_n_proc_DA``, ``nnUNet_compile``), ``--set``."""
+    check_preset(preset)
+    return new_run_config(preset, overrides)
+
+
+def default_device() -> str:
+    """``cuda`` when a CUDA device exists, else ``mps`` when available, else ``cpu``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def output_folder_for(dataset_name: str, preset: str, plans_name: str, configuration: str) -> Path:
@@ -90,31 +144,97 @@ def output_folder_for(dataset_name: str, preset: str, plans_name: str, configura
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
     """The ``config`` stored in a checkpoint (memory-mapped, so large checkpoints are cheap to inspect)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not every file can be memory-mapped; load_checkpoint explains failures
-        checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+    checkpoint = peek_checkpoint(path)
+    if "config" not in checkpoint:
         raise CheckpointError(f"{path} has no 'config' entry: it was not written by nnssl_train and cannot be resumed.")
     return checkpoint["config"]
 
 
-def check_resume(folder: Path, cfg: RunConfig) -> Path | None:
-    """The checkpoint ``--c`` continues from (or None: fresh start); a configuration mismatch is an error."""
-    from nnssl.presets import config_to_dict
+def check_resume(folder: Path, overrides: Sequence[str] = ()) -> tuple[Path | None, RunConfig | None]:
+    """``--c``: the most advanced checkpoint and its stored configuration with ``overrides`` applied.
 
+    ``(None, None)`` when the folder has no checkpoint (a new run starts).
+    """
     path = find_resume_checkpoint(folder)
     if path is None:
         logger.warning("--c: no checkpoint in %s; starting a new run.", folder)
-        return None
-    diffs = config_differences(read_checkpoint_config(path), config_to_dict(cfg))
-    if diffs:
-        raise ResumeMismatchError(
-            f"Cannot continue from {path}: its configuration differs from this run's:\n  "
-            + "\n  ".join(diffs)
-            + "\nUse the same preset and --set values as the original run, or start a new run without --c."
+        return None, None
+    step, epoch = checkpoint_progress(peek_checkpoint(path))
+    logger.info("--c: continuing from %s (epoch %d, step %d), the most advanced checkpoint.", path, epoch, step)
+    return path, resume_config(read_checkpoint_config(path), overrides, path)
+
+
+def existing_checkpoints(folder: Path) -> list[tuple[str, int, int]]:
+    """``(name, epoch, step)`` of the checkpoints in ``folder`` (unreadable ones: epoch and step -1)."""
+    found = []
+    for name in RESUME_ORDER:
+        path = folder / name
+        if path.is_file():
+            try:
+                step, epoch = checkpoint_progress(peek_checkpoint(path))
+            except CheckpointError:
+                step = epoch = -1
+            found.append((name, epoch, step))
+    return found
+
+
+def check_new_run_folder(folder: Path, replace: bool) -> None:
+    """A new run never overwrites an earlier run's checkpoints unless ``replace`` (then they are deleted later)."""
+    found = existing_checkpoints(folder)
+    if found and not replace:
+        listed = ", ".join(f"{n} (epoch {e}, step {s})" for n, e, s in found)
+        raise RunError(
+            f"{folder} already holds checkpoints of an earlier run: {listed}. Continue that run with --c "
+            "(--set train.num_epochs=N extends a finished one), or move the folder away to start a new run there."
         )
+
+
+def _discard_previous_run(folder: Path) -> None:
+    for name in (*RESUME_ORDER, "metrics.jsonl"):
+        if (folder / name).is_file():
+            (folder / name).unlink()
+            logger.warning("Deleted %s of the previous run (a new run was requested).", folder / name)
+
+
+def check_validation_checkpoint(folder: Path, which: str) -> Path:
+    """The checkpoint ``--val`` (``final``) or ``--val_best`` (``best``) validates; missing is a RunError."""
+    path = folder / VALIDATION_CHECKPOINTS[which]
+    if not path.is_file():
+        flag = "--val" if which == "final" else "--val_best"
+        raise RunError(f"{flag} validates {path}, which does not exist. Train the run first (or continue it with --c).")
     return path
+
+
+def filter_images(
+    images: list[Any], cfg: RunConfig, dataset_name: str, configuration: str
+) -> tuple[list[Any], dict[str, int]]:
+    """``images`` that pass ``data.filters`` and how many each filter removed (a filter that cannot work: RunError)."""
+    if not cfg.data.filters:
+        return list(images), {}
+    from nnssl.data.collection import Collection
+    from nnssl.data.filters import apply_filters, build_filters
+
+    collection = Collection.load(preprocessed_folder() / dataset_name / f"pretrain_data__{configuration}.json")
+    try:
+        filters = build_filters(cfg.data.filters, collection)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    return apply_filters(images, filters)
+
+
+def check_filters(cfg: RunConfig, dataset_name: str, configuration: str, plans_name: str) -> None:
+    """``data.filters`` must keep at least one preprocessed image (else a :class:`RunError`)."""
+    if not cfg.data.filters:
+        return
+    from nnssl.preprocessing.api import preprocessed_images
+
+    images = preprocessed_images(dataset_name, configuration, plans_name=plans_name)
+    kept, _ = filter_images(images, cfg, dataset_name, configuration)
+    if not kept:
+        raise RunError(
+            f"data.filters {list(cfg.data.filters)} keep none of the {len(images)} preprocessed images of "
+            f"{dataset_name}; loosen or remove them (--set data.filters=)."
+        )
 
 
 def load_plans(dataset_name: str, configuration: str, plans_name: str) -> dict[str, Any]:
@@ -179,14 +299,39 @@ def _val_factory(loader: Any) -> Callable[[], Iterator[dict]] | None:
     return lambda: iter(loader)
 
 
-def run_training(request: RunRequest) -> Path:
-    """Validate ``request``, then train in one or more processes; returns the output folder."""
-    cfg = resolve_run_config(request.preset, request.overrides)
-    dataset_name = resolve_dataset_name(request.dataset)
+def resolve_request(request: RunRequest) -> tuple[RunRequest, str, Path]:
+    """Every check that needs no lock: returns the request with its resolved ``config``, the dataset and folder."""
+    if request.resume and request.config_file:
+        raise RunError("--c continues with the configuration stored in the checkpoint; leave out --config.")
+    if request.validation_only and (request.resume or request.config_file):
+        raise RunError("--val/--val_best use the configuration stored in the checkpoint; leave out --c and --config.")
+    if request.validation_only not in (None, *VALIDATION_CHECKPOINTS):
+        raise RunError(f"validation_only must be one of {', '.join(VALIDATION_CHECKPOINTS)}.")
+    if request.config_file:
+        cfg = exported_config(request.config_file, request.overrides)
+        request = dataclasses.replace(request, preset=cfg.preset)
+    else:
+        check_preset(request.preset)
+        cfg = None
+    try:
+        dataset_name = resolve_dataset_name(request.dataset)
+    except ValueError as err:
+        raise RunError(f"DATASET '{request.dataset}': {err} Give the id (e.g. 745) or the full name.") from None
     folder = output_folder_for(dataset_name, request.preset, request.plans_name, request.configuration)
-    if request.resume:
-        check_resume(folder, cfg)
+    if request.validation_only:
+        source = check_validation_checkpoint(folder, request.validation_only)
+        cfg = resume_config(read_checkpoint_config(source), request.overrides, source)
+    elif request.resume:
+        _, cfg = check_resume(folder, request.overrides)
+    if cfg is None:
+        cfg = resolve_run_config(request.preset, request.overrides)
+    if not request.resume and not request.validation_only:
+        check_new_run_folder(folder, request.replace_previous_run)
     load_plans(dataset_name, request.configuration, request.plans_name)
+    check_filters(cfg, dataset_name, request.configuration, request.plans_name)
+    missing = missing_trackers(cfg.train.trackers)
+    if missing:
+        raise RunError(f"train.trackers needs packages that are not installed: {'; '.join(missing)}.")
     if request.pretrained_weights and not Path(request.pretrained_weights).is_file():
         raise RunError(f"-pretrained_weights {request.pretrained_weights}: no such file.")
     if request.device == "cuda" and not launched_by_torchrun() and request.num_gpus > max(1, torch.cuda.device_count()):
@@ -194,13 +339,45 @@ def run_training(request: RunRequest) -> Path:
             f"-num_gpus {request.num_gpus} needs {request.num_gpus} CUDA devices; "
             f"{torch.cuda.device_count()} are visible."
         )
-    if launched_by_torchrun():
-        train_worker(torchrun_context(), request)
-    elif request.num_gpus > 1:
+    select_device(request.device, DistContext())
+    if request.num_gpus > 1 and not launched_by_torchrun():
         split_batch(cfg.train.batch_size, request.num_gpus)
-        spawn(train_worker, request.num_gpus, (request,))
-    else:
-        train_worker(DistContext(), request)
+    return dataclasses.replace(request, config=cfg), dataset_name, folder
+
+
+def run_training(request: RunRequest, reraise_signal: bool = True) -> Path:
+    """Validate ``request``, then train in one or more processes; returns the output folder.
+
+    After a stop by SIGTERM/SIGUSR1/SIGINT (``checkpoint_latest.pth`` written), the signal is re-raised with the
+    handler the caller had (default: the process ends as the signal says), or, with ``reraise_signal=False``,
+    :class:`TrainingStopped` is raised for the caller (``nnssl_train``) to choose the exit code.
+    """
+    request, _, folder = resolve_request(request)
+    holds_lock = not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+    lock = RunLock(folder) if holds_lock else None
+    stop_signal: int | None = None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if lock is not None:
+            remove_temporary_checkpoints(folder)
+            if request.replace_previous_run and not request.resume and not request.validation_only:
+                _discard_previous_run(folder)
+        if launched_by_torchrun():
+            stop_signal = train_worker(torchrun_context(), request)
+        elif request.num_gpus > 1:
+            with GracefulStop() as parent:  # the ranks stop on their own; the parent only records the signal
+                spawn(train_worker, request.num_gpus, (request,))
+            stop_signal = parent.signum
+        else:
+            stop_signal = train_worker(DistContext(), request)
+    finally:
+        if lock is not None:
+            lock.release()
+    if stop_signal is not None:
+        if not reraise_signal:
+            raise TrainingStopped(stop_signal, folder)
+        reraise_stop_signal(stop_signal)
     return folder
 
 
@@ -214,8 +391,11 @@ def _log_summary(name: str, network: torch.nn.Module, patch_size: Sequence[int],
         logger.warning("Could not compute the network summary: %s", err)
 
 
-def train_worker(ctx: DistContext, request: RunRequest) -> None:
-    """One process of a run (rank ``ctx.rank``): build everything and call :meth:`Trainer.fit`."""
+def train_worker(ctx: DistContext, request: RunRequest) -> int | None:
+    """One process of a run (rank ``ctx.rank``): build everything and call :meth:`Trainer.fit`.
+
+    Returns the signal that stopped the run, or None.
+    """
     from nnssl.architectures import ARCHITECTURES
     from nnssl.architectures.adaptation_plan import build_adaptation_plan, verify_adaptation_plan
     from nnssl.data.loader import build_train_loader, build_val_loader
@@ -227,7 +407,7 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
         configure_console_logging(ctx.rank)
     if not ctx.is_main:
         logging.getLogger("nnssl").setLevel(logging.WARNING)
-    cfg = resolve_run_config(request.preset, request.overrides)
+    cfg = request.config if request.config is not None else resolve_run_config(request.preset, request.overrides)
     dataset_name = resolve_dataset_name(request.dataset)
     folder = output_folder_for(dataset_name, request.preset, request.plans_name, request.configuration)
     device = select_device(request.device, ctx)
@@ -246,12 +426,23 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
             rank=ctx.rank,
             barrier=ctx.barrier if ctx.is_distributed else None,
         )
+        if cfg.data.filters:
+            total = len(images)
+            images, removed = filter_images(images, cfg, dataset_name, request.configuration)
+            logger.info(
+                "data.filters %s: %d of %d images kept (removed: %s).",
+                list(cfg.data.filters),
+                len(images),
+                total,
+                ", ".join(f"{n} by {name}" for name, n in removed.items()),
+            )
         train_subjects, val_subjects = set(split["train"]), set(split["val"])
         train_images = [image for image in images if image.subject_uid in train_subjects]
         val_images = [image for image in images if image.subject_uid in val_subjects]
         logger.info("%d training and %d validation images.", len(train_images), len(val_images))
 
         arch = ARCHITECTURES.get(cfg.architecture)
+        seed_everything(derive_seed(cfg.train.seed, INIT_SEED_OFFSET))  # same initial weights for the same seed
         method = METHODS.get(cfg.method)(cfg.method_cfg, arch, cfg.train.patch_size, in_channels=IN_CHANNELS)
         network_patch = method.network_patch_size()
         bad = [p for p in network_patch if p % arch.patch_multiple]
@@ -263,7 +454,7 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
             )
         run_plans = plans_for_run(plans, request.configuration, network_patch)
         adaptation_plan = build_adaptation_plan(arch, plans, request.configuration, network_patch, IN_CHANNELS)
-        if ctx.is_main:
+        if ctx.is_main and not request.validation_only:
             for target in (folder, folder.parent):
                 save_json(run_plans, target / "plans.json")
                 save_json(adaptation_plan, target / "adaptation_plan.json")
@@ -273,18 +464,35 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
             _log_summary(cfg.architecture, method.backbone(), network_patch, device)
         ctx.barrier()
 
-        resume_from = find_resume_checkpoint(folder) if request.resume else None
+        if request.validation_only:
+            resume_from: Path | None = folder / VALIDATION_CHECKPOINTS[request.validation_only]
+        else:
+            resume_from = find_resume_checkpoint(folder) if request.resume else None
         if request.pretrained_weights and resume_from is None:
             loaded, not_loaded = load_pretrained_weights(method.backbone(), request.pretrained_weights)
             method.on_pretrained_weights_loaded(request.pretrained_weights, loaded, not_loaded)
 
         make_train_iter = _epoch_factory(
             build_train_loader(
-                train_images, cfg, method.train_transform(), ctx.rank, ctx.world_size, device_type=device.type
+                train_images,
+                cfg,
+                method.train_transform(),
+                ctx.rank,
+                ctx.world_size,
+                device_type=device.type,
+                masks=method.batch_masks,
             )
         )
         make_val_iter = _val_factory(
-            build_val_loader(val_images, cfg, method.val_transform(), ctx.rank, ctx.world_size, device_type=device.type)
+            build_val_loader(
+                val_images,
+                cfg,
+                method.val_transform(),
+                ctx.rank,
+                ctx.world_size,
+                device_type=device.type,
+                masks=method.batch_masks,
+            )
             if cfg.train.val_iterations > 0 and val_images
             else None
         )
@@ -300,11 +508,44 @@ def train_worker(ctx: DistContext, request: RunRequest) -> None:
         )
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)
+        if request.validation_only:
+            assert resume_from is not None
+            validate_checkpoint(trainer, resume_from, ctx)
+            return None
         trainer.fit()
+        return trainer.stop_signal
     finally:
         if handler is not None:
             detach_text_log(handler)
         destroy_process_group()
+
+
+def validate_checkpoint(trainer: Trainer, path: Path, ctx: DistContext) -> float | None:
+    """``--val``/``--val_best``: the validation loss of ``path``, logged and written to ``validation_<name>.json``."""
+    loss = trainer.validate()
+    if loss is None:
+        logger.warning("No validation images or train.val_iterations=0: nothing to validate.")
+    else:
+        logger.info(
+            "Validation of %s (epoch %d, step %d): loss %.6f over %d iterations.",
+            path.name,
+            trainer.current_epoch,
+            trainer.global_step,
+            loss,
+            trainer.cfg.train.val_iterations,
+        )
+    if ctx.is_main:
+        save_json(
+            {
+                "checkpoint": path.name,
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "val_loss": loss if loss is not None and math.isfinite(loss) else None,
+                "val_iterations": trainer.cfg.train.val_iterations,
+            },
+            path.parent / f"validation_{path.stem}.json",
+        )
+    return loss
 
 
 def configure_console_logging(rank: int | None = None) -> None:

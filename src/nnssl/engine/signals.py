@@ -1,7 +1,16 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (cluster wall-time limits): set a flag, the engine finishes the step.
+"""Graceful stop on SIGTERM / SIGUSR1 (cluster wall-time limits, ``scancel``) and SIGINT (Ctrl-C).
 
-The trainer polls :attr:`GracefulStop.requested` after every iteration, writes ``checkpoint_latest.pth``
-and returns; ``nnssl_train --c`` then continues exactly where the run stopped.
+The main process turns these signals into a stop request: the trainer polls :attr:`GracefulStop.requested`
+after every optimizer step, writes ``checkpoint_latest.pth`` (with the position inside the epoch) and returns;
+``nnssl_train --c`` then continues exactly where the run stopped. A second Ctrl-C raises KeyboardInterrupt at
+once (for a run that hangs). Schedulers signal the whole process group, so DataLoader workers receive the signal
+too: :func:`ignore_stop_signals` (run in every worker) makes them ignore it, and the main process shuts them down
+after the checkpoint is written.
+
+What happens after the stop is the caller's choice (:func:`reraise_stop_signal`): ``nnssl_train`` exits 0 after
+SIGTERM/SIGUSR1 (130 after SIGINT); :func:`nnssl.engine.run.run_training` called from Python re-raises the signal
+with the handler that was in place before the run (by default: SIGTERM/SIGUSR1 terminate the process, SIGINT
+raises KeyboardInterrupt), so a calling program does not carry on as if nothing happened.
 """
 
 from __future__ import annotations
@@ -13,22 +22,45 @@ from types import FrameType
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+STOP_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None), signal.SIGINT) if s is not None
+)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore every stop signal in this process (DataLoader workers: the main process decides when they stop)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def reraise_stop_signal(signum: int) -> None:
+    """Deliver ``signum`` to this process again, now that the run's handlers are gone (default: terminate)."""
+    logger.warning("Re-raising %s now that checkpoint_latest is saved.", signal.Signals(signum).name)
+    signal.raise_signal(signum)
 
 
 class GracefulStop:
-    """Context manager that turns SIGTERM/SIGUSR1 into a stop request (handlers restored on exit)."""
+    """Context manager that turns the stop signals into a stop request (handlers restored on exit).
+
+    ``signum`` / ``signal_name`` say which signal asked for the stop (``signal_name`` is the reason given to
+    :meth:`request` for a stop from code; ``signum`` is then None).
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt("second Ctrl-C: stopping without saving")
         self.requested = True
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
+        hint = " (press Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
         logger.warning(
-            "Received %s: stopping after the current iteration and saving checkpoint_latest.", self.signal_name
+            "Received %s: stopping after the current iteration and saving checkpoint_latest%s.", self.signal_name, hint
         )
 
     def request(self, reason: str = "request") -> None:

@@ -38,7 +38,6 @@ import contextlib
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,23 +53,28 @@ from nnssl.config import RunConfig
 from nnssl.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    checkpoint_progress,
     config_differences,
+    cpu_state_dict,
     load_checkpoint,
+    peek_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from nnssl.engine.distributed import DistContext, all_reduce_sum
-from nnssl.engine.logging_sinks import MetricsFile, plot_progress
+from nnssl.engine.logging_sinks import MetricsStream, open_metrics_stream, plot_progress
 from nnssl.engine.optim import apply_schedule, build_optimizer, log_lr_rule, lr_at, trainable_parameters
 from nnssl.engine.precision import autocast, make_grad_scaler, resolve_precision
 from nnssl.engine.signals import GracefulStop
 from nnssl.methods.base import SSLMethod
+from nnssl.progress import show_progress
 from nnssl.serialization import save_json, to_jsonable
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
 VAL_SEED_OFFSET = 1_000_003
+PROGRESS_LOG_SECONDS = 60.0
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -232,6 +236,9 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,  # every trainable parameter is used: check_gradient_coverage
             )
+        if cfg.train.compile:
+            logger.info("train.compile: wrapping the model in torch.compile (the first steps are slow).")
+            self.model = torch.compile(self.model)
         self.make_train_iter = make_train_iter
         self.make_val_iter = make_val_iter
         self.output_folder = Path(output_folder)
@@ -267,6 +274,8 @@ class Trainer:
         self.stopper = GracefulStop()
         self._gradients_checked = False
         self.val_metrics: dict[str, float] = {}
+        self._last_progress_log: float | None = None
+        self._epoch_start_iteration = 0
         self._stop_agreed = False
         self.stopped = False
 
@@ -418,13 +427,11 @@ class Trainer:
         """Everything needed to continue (see :mod:`nnssl.engine.checkpoint`), loadable with weights_only."""
         from nnssl.presets import config_to_dict
 
-        def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
+        memo: dict[tuple, torch.Tensor] = {}  # one copy per tensor: the backbone is stored once, not twice
         return {
-            "network_weights": cpu_state(self.method.backbone()),
+            "network_weights": cpu_state_dict(self.method.backbone(), memo),
             "nnssl_adaptation_plan": to_jsonable(self.adaptation_plan),
-            "method_state": cpu_state(self.method),
+            "method_state": cpu_state_dict(self.method, memo),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.scaler.state_dict(),
             "current_epoch": self.current_epoch,
@@ -439,10 +446,20 @@ class Trainer:
         }
 
     def save_checkpoint(self, name: str) -> Path | None:
-        """Write ``<output_folder>/<name>`` atomically (rank 0 only; other ranks return ``None``)."""
-        if not self.dist.is_main:
+        """Write ``<output_folder>/<name>`` atomically (rank 0 only; other ranks return ``None``).
+
+        Nothing is written with ``train.save_checkpoints=False``; a file of a more advanced step is never replaced.
+        """
+        if not self.dist.is_main or not self.cfg.train.save_checkpoints:
             return None
         path = self.output_folder / name
+        if path.is_file():
+            step, epoch = checkpoint_progress(peek_checkpoint(path))
+            if step > self.global_step:
+                raise CheckpointError(
+                    f"Refusing to overwrite {path} (epoch {epoch}, step {step}) with the older state of step "
+                    f"{self.global_step}. Continue the run with --c (it resumes from the most advanced checkpoint)."
+                )
         save_checkpoint(self.checkpoint_payload(), path)
         logger.info("Saved %s (epoch %d, step %d).", path, self.current_epoch, self.global_step)
         return path
@@ -488,13 +505,20 @@ class Trainer:
         self.stopper.request()
 
     def fit(self) -> bool:
-        """Train until ``num_epochs`` is reached (returns True) or a stop is requested (returns False)."""
+        """Train until ``num_epochs`` is reached (returns True) or a stop is requested (returns False).
+
+        After a stop by a signal, :attr:`stop_signal` holds its number (the caller decides what follows).
+        """
+        metrics = None
         if self.dist.is_main:
             from nnssl.presets import config_to_dict
 
             self.output_folder.mkdir(parents=True, exist_ok=True)
-            save_json(config_to_dict(self.cfg), self.output_folder / "config.json")
-        metrics = MetricsFile(self.output_folder / "metrics.jsonl", self.current_epoch) if self.dist.is_main else None
+            config = config_to_dict(self.cfg)
+            save_json(config, self.output_folder / "config.json")
+            metrics = open_metrics_stream(self.output_folder, self.current_epoch, self.cfg.train.trackers, config)
+            if not self.cfg.train.save_checkpoints:
+                logger.warning("train.save_checkpoints is false: no checkpoint is written, a stopped run is lost.")
         with self.stopper:
             for callback in self.callbacks:
                 callback.on_train_start(self)
@@ -510,13 +534,22 @@ class Trainer:
                         self.global_step,
                         self.stopper.signal_name,
                     )
+                    if metrics is not None:
+                        metrics.close()
                     return False
         self.save_checkpoint("checkpoint_final.pth")
+        if metrics is not None:
+            metrics.close()
         for callback in self.callbacks:
             callback.on_train_end(self)
         return True
 
-    def _run_epoch(self, metrics: MetricsFile | None) -> bool:
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGTERM, SIGUSR1, SIGINT) that asked this run to stop, if one did."""
+        return self.stopper.signum
+
+    def _run_epoch(self, metrics: MetricsStream | None) -> bool:
         epoch = self.current_epoch
         iters = self.cfg.train.iterations_per_epoch
         progress = self.epoch_progress or {
@@ -539,13 +572,14 @@ class Trainer:
             restore_rng_state(resume_rng)
         self.model.train()
         t0 = time.time()
+        self._epoch_start_iteration = progress["iteration"]
         from tqdm import tqdm
 
         bar = tqdm(
             total=iters,
             initial=progress["iteration"],
             desc=f"epoch {epoch}",
-            disable=not (self.dist.is_main and sys.stderr.isatty()),
+            disable=not (self.dist.is_main and show_progress()),
             leave=False,
         )
         try:
@@ -561,6 +595,8 @@ class Trainer:
                         progress["metric_sums"][name] = progress["metric_sums"].get(name, 0.0) + float(value)
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.loss:.4f}")
+                if bar.disable and self.dist.is_main:
+                    self._log_progress(epoch, progress["iteration"], iters, result, time.time() - t0)
                 for callback in self.callbacks:
                     callback.on_step_end(self, result)
                 if self._stop_agreed or (not self.dist.is_distributed and self.stopper.requested):
@@ -573,8 +609,25 @@ class Trainer:
         self._end_epoch(progress, val_loss, progress["elapsed_s"] + time.time() - t0, metrics)
         return True
 
+    def _log_progress(self, epoch: int, iteration: int, iters: int, result: StepResult, seconds: float) -> None:
+        """Without a progress bar (output to a file): the first step at once, then a line every minute at most."""
+        now = time.time()
+        if self._last_progress_log is not None and now - self._last_progress_log < PROGRESS_LOG_SECONDS:
+            return
+        first = self._last_progress_log is None
+        self._last_progress_log = now
+        logger.info(
+            "%sepoch %d: step %d of %d, loss %.5f, %.2f s per step.",
+            "First step done; " if first else "",
+            epoch,
+            iteration,
+            iters,
+            result.loss,
+            seconds / max(1, iteration - self._epoch_start_iteration),
+        )
+
     def _end_epoch(
-        self, progress: dict[str, Any], val_loss: float | None, seconds: float, metrics: MetricsFile | None
+        self, progress: dict[str, Any], val_loss: float | None, seconds: float, metrics: MetricsStream | None
     ) -> None:
         epoch = self.current_epoch
         n = progress["loss_count"]

@@ -104,6 +104,30 @@ class AlignedMAEConfig:
     intensity_augmentation: bool = True
     low_resolution_p: float = 0.1
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: choices, ranges, crops that fit."""
+        from nnssl.config import require, require_fits, require_mask_units, require_patch_multiple
+
+        require(self.alignment in ALIGNMENTS, "method.alignment", self.alignment, f"one of {', '.join(ALIGNMENTS)}")
+        require(
+            self.reconstruction_target in ("view", "clean"),
+            "method.reconstruction_target",
+            self.reconstruction_target,
+            "'view' or 'clean'",
+        )
+        low, high = self.overlap_range
+        require(0.0 < low <= high <= 1.0, "method.overlap_range", self.overlap_range, "0 < low <= high <= 1")
+        require(0.0 <= self.mask_ratio < 1.0, "method.mask_ratio", self.mask_ratio, "in [0, 1)")
+        require(0.0 <= self.teacher_momentum <= 1.0, "method.teacher_momentum", self.teacher_momentum, "in [0, 1]")
+        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+        require(0.0 <= self.low_resolution_p <= 1.0, "method.low_resolution_p", self.low_resolution_p, "in [0, 1]")
+        for key in ("w_rec", "w_cva", "w_con"):
+            require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), ">= 0")
+        require(self.block_size >= 1, "method.block_size", self.block_size, ">= 1")
+        require_patch_multiple(run, "method.crop_size", self.crop_size)
+        require_fits("method.crop_size", self.crop_size, run)
+        require_mask_units(run, "method.block_size", self.block_size, self.crop_size)
+
 
 @dataclass
 class _Outputs:

@@ -103,6 +103,48 @@ class DINOConfig:
     cls_standardization: str = "running"
     cls_standardization_momentum: float = 0.9
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: choices, ranges, crop sizes, iBOT only on tokens."""
+        from nnssl.backbones import family_of
+        from nnssl.config import architecture_of, require, require_patch_multiple
+
+        require(self.centering in ("mean", "sinkhorn"), "method.centering", self.centering, "'mean' or 'sinkhorn'")
+        require(
+            self.cls_standardization in ("auto", "running", "none"),
+            "method.cls_standardization",
+            self.cls_standardization,
+            "'auto', 'running' or 'none'",
+        )
+        require(self.num_prototypes >= 1, "method.num_prototypes", self.num_prototypes, ">= 1")
+        require(self.sinkhorn_queue >= 0, "method.sinkhorn_queue", self.sinkhorn_queue, ">= 0")
+        require(self.num_local_crops >= 0, "method.num_local_crops", self.num_local_crops, ">= 0")
+        for key in ("student_temp", "teacher_temp_start", "teacher_temp_end"):
+            require(getattr(self, key) > 0, f"method.{key}", getattr(self, key), "> 0")
+        require(0.0 <= self.center_momentum < 1.0, "method.center_momentum", self.center_momentum, "in [0, 1)")
+        require(0.0 <= self.momentum_start <= 1.0, "method.momentum_start", self.momentum_start, "in [0, 1]")
+        low, high = self.ibot_mask_ratio
+        require(0.0 <= low <= high < 1.0, "method.ibot_mask_ratio", self.ibot_mask_ratio, "0 <= low <= high < 1")
+        require(
+            0.0 <= self.ibot_sample_probability <= 1.0,
+            "method.ibot_sample_probability",
+            self.ibot_sample_probability,
+            "in [0, 1]",
+        )
+        for key in ("global_crop_scale", "local_crop_scale"):
+            low, high = getattr(self, key)
+            require(
+                0.0 < low <= high <= 1.0, f"method.{key}", getattr(self, key), "volume fractions 0 < low <= high <= 1"
+            )
+        require_patch_multiple(run, "method.global_crop_size", self.global_crop_size)
+        if self.num_local_crops > 0:
+            require_patch_multiple(run, "method.local_crop_size", self.local_crop_size)
+        require(
+            not self.ibot or family_of(architecture_of(run)).has_patch_tokens,
+            "method.ibot",
+            self.ibot,
+            f"false on {run.architecture} (a CNN has no patch tokens; --set method.ibot=false)",
+        )
+
 
 def ibot_mask_counts(
     batch: int, num_tokens: int, ratio_range: Sequence[float], sample_probability: float, device: torch.device

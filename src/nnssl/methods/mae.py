@@ -51,6 +51,17 @@ class MAEConfig:
     norm_pix_loss: bool = False
     decay_norms_and_biases: bool = True
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: ratio in (0, 1), patch and mask blocks fit."""
+        from nnssl.config import require, require_mask_units, require_patch_multiple
+
+        require(0.0 < self.mask_ratio < 1.0, "method.mask_ratio", self.mask_ratio, "in (0, 1)")
+        require(self.block_size >= 1, "method.block_size", self.block_size, ">= 1")
+        require(self.decoder_depth >= 1, "method.decoder_depth", self.decoder_depth, ">= 1")
+        require(self.mask_token_std >= 0, "method.mask_token_std", self.mask_token_std, ">= 0")
+        require_patch_multiple(run, "train.patch_size", run.train.patch_size)
+        require_mask_units(run, "method.block_size", self.block_size, run.train.patch_size)
+
 
 @METHODS.register("MAE")
 class MAE(SSLMethod):

@@ -61,6 +61,21 @@ class SimCLRConfig:
     head_last_norm: bool = False
     augment: bool = True
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: overlap, crop counts, crops that fit."""
+        from nnssl.config import require, require_fits, require_patch_multiple
+        from nnssl.methods.heads import ACTIVATIONS, NORMS
+
+        require(0.0 <= self.min_overlap <= 1.0, "method.min_overlap", self.min_overlap, "in [0, 1]")
+        require(self.crops_per_image >= 1, "method.crops_per_image", self.crops_per_image, ">= 1")
+        require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
+        require(
+            self.head_norm in NORMS or self.head_norm == "none", "method.head_norm", self.head_norm, f"one of {NORMS}"
+        )
+        require(self.head_act in ACTIVATIONS, "method.head_act", self.head_act, f"one of {sorted(ACTIVATIONS)}")
+        require_patch_multiple(run, "method.crop_size", self.crop_size)
+        require_fits("method.crop_size", self.crop_size, run)
+
 
 class PairedCropTransform:
     """Per-sample views for SimCLR: ``{"views": (2K, C, *crop)}``, references first, then their partners."""

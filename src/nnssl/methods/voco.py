@@ -75,6 +75,29 @@ class VoCoConfig:
     reg_power: int = 2
     augment: bool = True
 
+    def validate(self, run: object) -> None:
+        """Check ``run`` (the RunConfig) before anything starts: the patch is >= 2 whole crops the backbone accepts."""
+        from nnssl.config import require, require_patch_multiple
+        from nnssl.methods.heads import ACTIVATIONS, NORMS
+
+        require(self.num_targets >= 1, "method.num_targets", self.num_targets, ">= 1")
+        require(0.0 <= self.teacher_momentum < 1.0, "method.teacher_momentum", self.teacher_momentum, "in [0, 1)")
+        require(self.reg_power in (1, 2), "method.reg_power", self.reg_power, "1 or 2")
+        require(
+            self.head_norm in NORMS or self.head_norm == "none", "method.head_norm", self.head_norm, f"one of {NORMS}"
+        )
+        require(self.head_act in ACTIVATIONS, "method.head_act", self.head_act, f"one of {sorted(ACTIVATIONS)}")
+        require_patch_multiple(run, "method.crop_size", self.crop_size)
+        patch = tuple(run.train.patch_size)
+        require(
+            all(p % c == 0 for p, c in zip(patch, self.crop_size))
+            and int(np.prod([p // c for p, c in zip(patch, self.crop_size)])) >= 2,
+            "train.patch_size",
+            patch,
+            f"a whole number of method.crop_size={tuple(self.crop_size)} crops on every axis, at least 2 in all "
+            "(upstream: 256,256,64 with 64,64,64)",
+        )
+
 
 class VoCoTransform:
     """Per-sample ``{"views": (N_b + T, C, *crop), "overlap": (T, N_b)}``: base crops first, then targets."""

@@ -35,6 +35,7 @@ from nnssl.data.collection import Collection, IndependentImage, declared_channel
 from nnssl.imageio import DEFAULT_MAX_VOXELS, ReadPolicy, failure_reason, read_header
 from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
+from nnssl.progress import show_progress
 from nnssl.serialization import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def extract_fingerprint(
     ]
     found: dict[int, dict[str, Any]] = {}
     excluded: dict[int, dict[str, str]] = {}
-    bar = tqdm(total=len(tasks), desc="fingerprint (headers)", unit="img", disable=not progress)
+    bar = tqdm(total=len(tasks), desc="fingerprint (headers)", unit="img", disable=not show_progress(progress))
     for index, record, reason in _run(tasks, num_processes):
         if record is not None:
             found[index] = record

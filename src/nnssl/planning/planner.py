@@ -7,7 +7,8 @@ Rules (upstream nnssl's, see upstream-nnssl.md 3.2):
   ``transpose_backward`` = its inverse permutation; ``original_median_spacing_after_transp`` = m[transpose_forward];
 * configurations ``onemmiso`` (spacing [1, 1, 1]), ``median`` (m[transpose_forward]) and ``noresample`` (None),
   all three always written, patch size [160, 160, 160];
-* z-score normalization per channel, ``CTNormalization`` for modality CT; resampling recorded by function name.
+* z-score normalization of every channel over the whole cropped volume (``use_mask_for_norm`` False, CT included),
+  as upstream nnssl and nnU-Net's pre-trained fine-tuning; resampling recorded by function name.
 
 Planners are looked up by name in :data:`PLANNERS` (``-pl``); only ``ExperimentPlanner`` exists.
 """

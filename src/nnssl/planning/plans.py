@@ -3,11 +3,16 @@
 Keys are upstream nnssl's (``Plan`` / ``ConfigurationPlan``) plus ours:
 
 * ``Plan.canonical_orientation`` ("LPS"): images are reoriented to it before ``transpose_forward`` is applied.
-* ``ConfigurationPlan.normalization_by_modality`` ({"CT": "CTNormalization"}): per-modality scheme, matched
-  case-insensitively; other modalities use ``normalization_schemes``.
 * ``ConfigurationPlan.storage_precision`` ("float32"): how preprocessing stores the image voxels: ``float32``
   (lossless, the default), ``float16`` or ``mantissa<N>`` (float32 keeping N of 23 mantissa bits); a user's choice,
   see :class:`nnssl.data.case_store.StoreFormat`.
+* ``ConfigurationPlan.normalization_by_modality`` (default ``{}``; e.g. ``{"CT": "CTNormalization"}``): per-modality
+  scheme, matched case-insensitively; other modalities use ``normalization_schemes``.
+
+Normalization defaults to what nnU-Net's pre-trained fine-tuning does (``nnUNetv2_preprocess_like_nnssl``): every
+channel and modality, CT included, ``ZScoreNormalization`` with ``use_mask_for_norm = [False]`` (statistics of the
+whole cropped volume), as upstream nnssl. The configuration, and so these keys, is stored in the adaptation plan's
+``pretrain_plan``, so a fine-tuning run can read how its pre-training data was normalized.
 
 Spacings in a configuration (and ``original_median_spacing_after_transp``) are in the axis order *after*
 ``transpose_forward``, like upstream's. Files written by upstream nnssl load unchanged (our keys take defaults).
@@ -67,7 +72,7 @@ class ConfigurationPlan:
     resampling_fn_mask_kwargs: dict[str, Any] = field(default_factory=_mask_kwargs)
     spacing: list[float] | None = None
     patch_size: list[int] | None = field(default_factory=lambda: list(DEFAULT_PATCH_SIZE))
-    normalization_by_modality: dict[str, str] = field(default_factory=lambda: {"CT": "CTNormalization"})
+    normalization_by_modality: dict[str, str] = field(default_factory=dict)
     storage_precision: str = "float32"
 
     def normalization_for(self, modality: str, channel: int = 0) -> str:

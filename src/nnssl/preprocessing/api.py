@@ -52,6 +52,7 @@ from nnssl.imageio import DEFAULT_MAX_VOXELS, ImageReadError, ReadPolicy, failur
 from nnssl.parallel import map_unordered
 from nnssl.paths import preprocessed_folder, raw_folder, resolve_dataset_name
 from nnssl.preprocessing.provenance import MADE_WITH_KEY, made_with, stored_digest
+from nnssl.progress import show_progress
 from nnssl.serialization import TEMP_MARKER, OutOfSpaceError, is_out_of_space, load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def _crashed_case(task: Task, reason: str) -> dict[str, str]:
 
 
 def _run_tasks(tasks: list[Task], num_processes: int, progress: bool, desc: str) -> Iterator[dict[str, str]]:
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, smoothing=0.1)
+    bar = tqdm(total=len(tasks), desc=desc, disable=not show_progress(progress) or not tasks, smoothing=0.1)
     with contextlib.closing(map_unordered(_preprocess_one, tasks, num_processes, _crashed_case)) as results:
         try:
             for result in results:

@@ -3,11 +3,13 @@
 :func:`preprocess_case` is pure (arrays in, arrays out); reading files and writing the case store happen in
 :mod:`nnssl.preprocessing.api`. Bad input raises :class:`PreprocessingError` with a reason meant for people.
 
-Order of steps (upstream nnssl's, except that z-score statistics come from the foreground only):
+Order of steps (upstream nnssl's):
 
 1. ``transpose_forward`` of the plan on data, masks and spacing.
 2. Crop to the bounding box of the nonzero region (any channel != 0, holes filled).
-3. Normalize with the modality's scheme (``normalization_by_modality`` else ``normalization_schemes[0]``).
+3. Normalize with the modality's scheme (``normalization_by_modality`` else ``normalization_schemes[0]``) and
+   ``use_mask_for_norm`` (False: whole-volume statistics, as nnU-Net's pre-trained fine-tuning; see
+   :mod:`nnssl.preprocessing.normalization`).
 4. Resample data (order 3) and masks (labels preserved) to the configuration's spacing; ``spacing=None``
    (noresample) skips it.
 """
@@ -107,7 +109,7 @@ def preprocess_case(
     props["shape_after_cropping_and_before_resampling"] = list(data.shape[1:])
 
     scheme = normalization_scheme(config_plan, modality)
-    data, norm = normalize(data, foreground, scheme)
+    data, norm = normalize(data, foreground, scheme, _field(config_plan, "use_mask_for_norm") or [False])
     norm["foreground_voxels"] = int(foreground.sum())
     props["normalization"] = norm
 

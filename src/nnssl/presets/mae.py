@@ -74,3 +74,33 @@ def register() -> None:
         "MAE on a tiny ResEnc, 48^3 patches, 12 epochs x 20 iterations.",
         "MAE on a tiny Primus, 48^3 patches, 12 epochs x 20 iterations, 1 warm-up epoch.",
     )
+    register_upstream_filter_presets()
+
+
+#: Upstream's data-filter trainers (OpenMind ablations, MIC-DKFZ/nnssl BaseMAETrainer.py "MASKS & IQS"): batch 8 on
+#: BaseMAETrainer with ``data.filters``; ``iqs<=t`` keeps OpenMind image-quality scores <= t (1 best .. 5 worst).
+#: preset name -> (data.filters, further overrides, what it trains on)
+UPSTREAM_FILTER_PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any], str]] = {
+    "BaseMAETrainer_BS8_IQS1_5": (("iqs<=1.5",), {}, "images with image-quality score <= 1.5"),
+    "BaseMAETrainer_BS8_IQS2_5": (("iqs<=2.5",), {}, "images with image-quality score <= 2.5"),
+    "BaseMAETrainer_BS8_IQS3_0": (("iqs<=3.0",), {}, "images with image-quality score <= 3.0"),
+    "BaseMAETrainer_BS8_T1w_T2w_FLAIR": (("modality=T1w|T2w|FLAIR",), {}, "T1w, T2w and FLAIR images only"),
+    "BaseMAETrainer_BS8_IQS3_5_FA": (
+        ("modality=FA", "iqs<=3.5"),
+        {"train.val_iterations": 5},
+        "FA images with image-quality score <= 3.5, 5 validation iterations",
+    ),
+}
+
+
+def register_upstream_filter_presets() -> None:
+    """The data-filter ablation presets of :data:`UPSTREAM_FILTER_PRESETS`."""
+    for name, (filters, extra, text) in UPSTREAM_FILTER_PRESETS.items():
+        add_preset(
+            Preset(
+                name,
+                base="BaseMAETrainer_BS8",
+                overrides={"data.filters": filters, **extra},
+                description=f"BaseMAETrainer with batch size 8 on {text} (data.filters={','.join(filters)}).",
+            )
+        )

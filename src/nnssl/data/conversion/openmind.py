@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from nnssl.data.collection import AssociatedMasks, Collection, Dataset, Image, Session, Subject
 from nnssl.paths import raw_folder
+from nnssl.progress import show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +124,6 @@ def _read_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
         return [(reader.line_num, row) for row in reader]
 
 
-def _progress_disabled() -> bool:
-    return bool(os.environ.get("LSF_JOBID") or os.environ.get("SLURM_JOB_ID"))
-
-
 def build_openmind_collection(
     openmind_root_dir: str | os.PathLike[str], progress: bool = True
 ) -> tuple[Collection, list[MissingFile], list[str]]:
@@ -154,7 +151,7 @@ def build_openmind_collection(
     iqs: dict[str, dict[tuple[Any, Any], Any]] = {}
     has_iqs = False
 
-    for line, row in tqdm(rows, desc="OpenMind rows", disable=not progress or _progress_disabled()):
+    for line, row in tqdm(rows, desc="OpenMind rows", disable=not show_progress(progress)):
         has_iqs = has_iqs or IQS_COLUMN in row
         relative = parse_value(row.get("image_path"))
         modality = parse_value(row.get("modality"))
