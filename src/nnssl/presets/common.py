@@ -54,17 +54,19 @@ def add_demo_pair(
     cnn_text: str,
     eva_text: str,
     primus_overrides: dict[str, Any] | None = None,
+    cnn_overrides: dict[str, Any] | None = None,
 ) -> None:
     """``Demo<label>_ResEncTiny`` on ``cnn_base`` and ``Demo<label>_PrimusTiny`` on ``eva_base``: CPU-sized runs.
 
-    Both get ``overrides`` and :data:`DEMO_DATA`; the Primus one also :data:`PRIMUS_DEMO` and ``primus_overrides``.
+    Both get ``overrides`` and :data:`DEMO_DATA`; the ResEnc one also ``cnn_overrides``, the Primus one
+    :data:`PRIMUS_DEMO` and ``primus_overrides``.
     """
     add_preset(
         Preset(
             f"Demo{label}_ResEncTiny",
             base=cnn_base,
             architecture="ResEncTiny",
-            overrides={**DEMO_DATA, **overrides},
+            overrides={**DEMO_DATA, **overrides, **(cnn_overrides or {})},
             description=f"CPU demo: {cnn_text}",
         )
     )
