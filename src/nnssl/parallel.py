@@ -73,30 +73,37 @@ def _call(fn: Callable[[Any], Any], index: int, task: Any) -> Any:
     return fn(task)
 
 
-def _drain(started: Any) -> set[int]:
-    indices = set()
+def _drain(started: Any, into: set[int]) -> set[int]:
+    """Move every index waiting in ``started`` into ``into`` (and return it)."""
     while not started.empty():
-        indices.add(started.get())
-    return indices
+        into.add(started.get())
+    return into
 
 
 def _pool_round(
     fn: Callable[[T], R], tasks: Sequence[T], indices: list[int], workers: int, context: Any
 ) -> Iterator[tuple[int, R]]:
-    """Yield (index, result) until done; raise _Crashed with the indices that had started but not finished."""
+    """Yield (index, result) until done; raise _Crashed with the indices that had started but not finished.
+
+    The started indices travel through a pipe whose kernel buffer holds only some thousands of them: a worker
+    whose ``put`` finds it full blocks, with every other worker behind it. So the indices are drained each time
+    a result arrives (a crash needs them; without that drain a map over more than ~6,000 tasks hung).
+    """
     started = context.SimpleQueue()  # written synchronously: an index put just before a crash is not lost
+    started_indices: set[int] = set()
     finished: set[int] = set()
     initargs = (started, os.getpid())
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         futures = {pool.submit(_call, fn, i, tasks[i]): i for i in indices}
         try:
             for future in as_completed(futures):
-                index = futures[future]
+                index = futures.pop(future)
                 result = future.result()
                 finished.add(index)
+                _drain(started, started_indices)
                 yield index, result
         except BrokenProcessPool:
-            raise _Crashed(_drain(started) - finished, finished) from None
+            raise _Crashed(_drain(started, started_indices) - finished, finished) from None
         finally:  # closed early (GeneratorExit) or failed: do not run the tasks that have not started
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -121,16 +128,17 @@ def map_unordered(
         yield from map(fn, tasks)
         return
     context = multiprocessing.get_context("spawn")
-    remaining = list(range(len(tasks)))
+    remaining = dict.fromkeys(range(len(tasks)))  # ordered, O(1) removal
     while remaining:
         try:
-            for index, result in _pool_round(fn, tasks, remaining, min(num_processes, len(remaining)), context):
-                remaining.remove(index)
+            order = list(remaining)
+            for index, result in _pool_round(fn, tasks, order, min(num_processes, len(order)), context):
+                del remaining[index]
                 yield result
         except _Crashed as crash:
             suspects = sorted(crash.suspects) or list(remaining)
             for index in suspects:
-                remaining.remove(index)
+                del remaining[index]
                 try:
                     yield from (result for _, result in _pool_round(fn, tasks, [index], 1, context))
                 except _Crashed:

@@ -36,6 +36,36 @@ def test_serial_path_gives_the_same_results() -> None:
     assert sorted(map_unordered(_square_or_die, [0, 1, 2, 4], 2, _crashed)) == [0, 1, 4, 16]
 
 
+
+_MANY_TASKS_SCRIPT = """
+import os
+from nnssl.parallel import map_unordered
+
+def square_or_die(value):
+    if value == 15000:
+        os._exit(1)
+    return value * value
+
+def crashed(value, reason):
+    return -value
+
+if __name__ == "__main__":
+    results = list(map_unordered(square_or_die, list(range(20000)), 2, crashed))
+    print(len(results), sorted(r for r in results if r < 0), sum(r for r in results if r >= 0))
+"""
+
+
+def test_twenty_thousand_tasks_finish_and_a_late_crash_loses_only_its_task(tmp_path: Path) -> None:
+    """Each started task reports its index through a pipe; an undrained pipe filled up after ~6,000 tasks and
+    every worker blocked (an OpenMind-sized fingerprint or preprocessing hung). Run in a child process so that
+    a regression fails on the timeout instead of hanging the suite."""
+    script = tmp_path / "many.py"
+    script.write_text(_MANY_TASKS_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = sum(v * v for v in range(20000)) - 15000 * 15000
+    assert done.stdout.split("\n")[0] == f"20000 [-15000] {expected}", done.stdout
+
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from pathlib import Path
