@@ -36,7 +36,6 @@ def test_serial_path_gives_the_same_results() -> None:
     assert sorted(map_unordered(_square_or_die, [0, 1, 2, 4], 2, _crashed)) == [0, 1, 4, 16]
 
 
-
 _MANY_TASKS_SCRIPT = """
 import os
 from nnssl.parallel import map_unordered
@@ -65,6 +64,7 @@ def test_twenty_thousand_tasks_finish_and_a_late_crash_loses_only_its_task(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     expected = sum(v * v for v in range(20000)) - 15000 * 15000
     assert done.stdout.split("\n")[0] == f"20000 [-15000] {expected}", done.stdout
+
 
 _ORPHAN_SCRIPT = """
 import os, sys, time

@@ -32,9 +32,7 @@ def _document(name: str = "a.nii.gz", subject: str = "s", session: str = "t", **
     return {
         "collection_index": 1,
         "collection_name": "Dataset001_C",
-        "datasets": {
-            "d": {"dataset_index": "d", "subjects": {subject: {"sessions": {session: {"images": [entry]}}}}}
-        },
+        "datasets": {"d": {"dataset_index": "d", "subjects": {subject: {"sessions": {session: {"images": [entry]}}}}}},
     }
 
 

@@ -22,6 +22,7 @@ from nnssl.presets import DEFAULT_PRESET, preset_table
 
 logger = logging.getLogger("nnssl.cli.train")
 
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that end a run with a message and exit code 1 (imported here: ``--help`` stays fast)."""
     from nnssl.data.loader import UnreadableCasesError

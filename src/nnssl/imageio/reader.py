@@ -181,4 +181,3 @@ def failure_reason(err: BaseException, field: str = "image_path") -> str:
     if field != "image_path":
         reason = f"{field.rpartition('.')[2].replace('_', ' ')} {getattr(err, 'path', '')}: {reason}"
     return reason
-

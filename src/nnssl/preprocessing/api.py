@@ -213,7 +213,7 @@ def _run_tasks(tasks: list[Task], num_processes: int, progress: bool, desc: str)
 
 
 def _case_status(stem: Path, digest: str) -> str:
-    """"current" (complete, made under the plan with ``digest``), "other_plan" (complete, another plan or none
+    """ "current" (complete, made under the plan with ``digest``), "other_plan" (complete, another plan or none
     recorded) or "incomplete"."""
     if not case_is_complete(stem):
         return "incomplete"
