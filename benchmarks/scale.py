@@ -3,14 +3,14 @@
 For each N of ``--sizes`` (default 11,400 and 114,000: OpenMind's size and a tenth of it), in one run:
 
 - collection load + validation (``Collection.load`` of ``pretrain_data.json``) and listing its images;
-- the header fingerprint (``nnssl_extract_fingerprint``) for N up to ``--fingerprint_max`` (it reads every header;
-  pass a larger value to include the full size) and the plan made from it;
+- the header fingerprint (``nnssl_extract_fingerprint``) for N up to ``--fingerprint_max`` (default: every size)
+  and the plan made from it (a size not fingerprinted reuses the previous size's plan);
 - training start-up on N stored cases (hard links of one preprocessed case): ``preprocessed_images`` (completeness
   of every case), the subject split, the sampler/loader set-up and the first batch of 2 (160^3, MAE's masks).
 
 Each step prints seconds and seconds per 1,000 images, so linearity reads off the two sizes.
 
-    python benchmarks/scale.py [--sizes 11400 114000] [--fingerprint_max 11400] [--np 2]
+    python benchmarks/scale.py [--sizes 11400 114000] [--fingerprint_max N] [--np 2]
 """
 
 from __future__ import annotations
@@ -54,14 +54,17 @@ def timed(label: str, n: int, fn):
     return result
 
 
-def run_size(n: int, work: Path, fingerprint: bool, num_processes: int) -> None:
+def run_size(n: int, work: Path, fingerprint: bool, num_processes: int, previous_plans: Path | None) -> Path:
+    """Time every step for N images; returns the plans file the stored cases were made under."""
     import numpy as np
 
     from nnssl.data.loader import build_train_loader
     from nnssl.data.splits import compute_split
     from nnssl.planning.fingerprint import extract_fingerprint_for_dataset
     from nnssl.planning.planner import plan_experiment_for_dataset
+    from nnssl.planning.plans import Plan
     from nnssl.preprocessing.api import preprocessed_images
+    from nnssl.preprocessing.provenance import MADE_WITH_KEY, made_with
 
     name = f"Dataset990_Scale{n}"
     from nnssl.paths import preprocessed_folder, raw_folder
@@ -84,13 +87,21 @@ def run_size(n: int, work: Path, fingerprint: bool, num_processes: int) -> None:
         timed("plan", n, lambda: plan_experiment_for_dataset(name))
 
     pre = preprocessed_folder() / name
+    plans_file = pre / "nnsslPlans.json"
+    if not fingerprint:
+        if previous_plans is None:
+            raise SystemExit(f"N={n} is above --fingerprint_max and no smaller size made a plan to reuse.")
+        pre.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(previous_plans, plans_file)
+    # Stored cases record the plan they were made under (nnssl.preprocessing.provenance); training refuses others.
+    properties = {"spacing": [1.0, 1.0, 1.0], MADE_WITH_KEY: made_with(Plan.load(plans_file), "onemmiso")}
     case_dir = pre / "nnsslPlans_onemmiso" / "cases"
     case_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     volume = rng.standard_normal((1, 170, 200, 170)).astype(np.float32)
     copies = n // LINKS_PER_FILE + 1  # file systems cap the links per file (ext4: 65,000)
     for c in range(copies):
-        write_case(work / f"case_{n}_{c}", volume, {"spacing": [1.0, 1.0, 1.0]})
+        write_case(work / f"case_{n}_{c}", volume, properties)
     for i in range(n):
         for suffix in (".b2nd", ".json"):
             os.link(work / f"case_{n}_{i // LINKS_PER_FILE}{suffix}", case_dir / f"img{i}{suffix}")
@@ -104,12 +115,13 @@ def run_size(n: int, work: Path, fingerprint: bool, num_processes: int) -> None:
         [c for c in cases if c.subject_uid in train], cfg, None, masks=("anonymization_mask",)))  # fmt: skip
     timed("first batch (2 x 160^3)", n, lambda: next(loader.make_iter(0)))
     assert len(images) == n
+    return plans_file
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[11_400, 114_000])
-    parser.add_argument("--fingerprint_max", type=int, default=11_400, help="largest N whose fingerprint is taken")
+    parser.add_argument("--fingerprint_max", type=int, default=None, help="largest N whose fingerprint is taken")
     parser.add_argument("--np", type=int, default=2, help="fingerprint processes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nnssl_scale_"))
@@ -117,8 +129,10 @@ def main() -> None:
         for name in ("nnssl_raw", "nnssl_preprocessed", "nnssl_results"):
             (work / name).mkdir()
             os.environ[name] = str(work / name)
+        plans = None
         for n in args.sizes:
-            run_size(n, work, n <= args.fingerprint_max, args.np)
+            fingerprint = args.fingerprint_max is None or n <= args.fingerprint_max
+            plans = run_size(n, work, fingerprint, args.np, plans)
     finally:
         shutil.rmtree(work)
 
