@@ -124,6 +124,34 @@ def test_the_fingerprint_refuses_the_same_files_from_their_headers(nnssl_env):
     assert len(rgb) == 1 and rgb[0]["num_channels"] == 3
 
 
+def test_resample_sheared_stores_the_sheared_image_on_an_axis_aligned_grid(nnssl_env, plan_writer):
+    """``--resample_sheared``: the image the default refuses (see above) is fingerprinted and stored, on the grid its
+    resampled header announces, with the file's sheared affine kept in the case properties."""
+    from nnssl.imageio import ReadPolicy, read_header
+
+    path = bad_inputs.sheared_nifti(nnssl_env["nnssl_raw"] / "files" / "sheared.nii.gz")
+    _write_collection(nnssl_env["nnssl_raw"], [_entry(path)])
+    collection = Collection.load(nnssl_env["nnssl_raw"] / DATASET / "pretrain_data.json")
+    with pytest.raises(ValueError, match="--resample_sheared"):
+        extract_fingerprint(collection)  # its only image refused
+    fingerprint = extract_fingerprint(collection, resample_sheared=True)
+    assert fingerprint["num_excluded"] == 0
+    plan_writer(nnssl_env["nnssl_preprocessed"] / DATASET)
+    assert preprocess_cli.main(["-d", "42", "-c", "noresample", "-np", "1", "--no_progress"]) == 0
+    with pytest.raises(FileNotFoundError, match="No complete preprocessed case"):
+        preprocessed_images(DATASET, "noresample")  # refused without the flag
+    args = ["-d", "42", "-c", "noresample", "-np", "1", "--no_progress", "--resample_sheared"]
+    assert preprocess_cli.main(args) == 0
+    (stored,) = preprocessed_images(DATASET, "noresample")
+    case = open_case(stored.image_path)
+    header = read_header(path, ReadPolicy(resample_sheared=True))
+    assert fingerprint["images"][0]["shape"] == list(header.shape)
+    assert case.properties["reader"] == "nibabel, resampled from a sheared affine"
+    assert case.properties["sheared_affine"][0][:2] == pytest.approx([1.0, 0.4])
+    assert case.properties["shape_before_cropping"] == list(header.shape)  # then cropped to the nonzero box
+    assert case.properties["spacing"] == pytest.approx([53.0, 1.0 * np.hypot(1.0, 0.4), 1.0])
+
+
 def _good_dataset(nnssl_env, plan_writer, count: int = 3) -> None:
     folder = nnssl_env["nnssl_raw"] / "files"
     paths = [bad_inputs.write_nifti(folder / f"g{i}.nii.gz", bad_inputs.blob_volume(seed=i)) for i in range(count)]

@@ -1,4 +1,5 @@
-"""What the preprocessing commands share: the ``-max_voxels`` flag and how a setup error becomes one stderr line."""
+"""What the preprocessing commands share: the read-policy flags (``-max_voxels``, ``--resample_sheared``) and how a
+setup error becomes one stderr line."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ from nnssl.serialization import OUT_OF_SPACE_ERRNOS, OutOfSpaceError
 SETUP_ERRORS = (MissingEnvironmentVariable, KeyError, ValueError, OSError)
 
 
-def add_max_voxels_argument(parser: argparse.ArgumentParser) -> None:
-    """``-max_voxels N``: the size limit of one image (nnssl.imageio.ReadPolicy)."""
+def add_read_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-max_voxels N`` and ``--resample_sheared``: what every image is screened with (nnssl.imageio.ReadPolicy)."""
     parser.add_argument(
         "-max_voxels",
         type=_positive_int,
         default=DEFAULT_MAX_VOXELS,
         help=f"refuse images whose header implies more voxels (x channels) than this, before reading them "
         f"(default {DEFAULT_MAX_VOXELS} = 1024^3, 4 GiB as float32)",
+    )
+    parser.add_argument(
+        "--resample_sheared",
+        action="store_true",
+        help="resample NIfTI images with a sheared affine onto an axis-aligned grid (cubic; masks nearest) "
+        "instead of refusing them; give it to the fingerprint and the preprocessing alike",
     )
 
 

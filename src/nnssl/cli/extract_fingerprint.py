@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.cli.common import add_max_voxels_argument
+from nnssl.cli.common import add_read_policy_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of worker processes (default: $nnUNet_def_n_proc or 8)",
     )
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if it exists")
-    add_max_voxels_argument(parser)
+    add_read_policy_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     num_processes = default_num_processes() if args.np is None else args.np
     try:
         extract_fingerprint_for_dataset(
-            args.d, num_processes=num_processes, clean=args.clean, max_voxels=args.max_voxels
+            args.d,
+            num_processes=num_processes,
+            clean=args.clean,
+            max_voxels=args.max_voxels,
+            resample_sheared=args.resample_sheared,
         )
     except SETUP_ERRORS as err:
         sys.stderr.write(f"nnssl_extract_fingerprint: error: {error_message(err)}\n")

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.cli.common import SETUP_ERRORS, add_max_voxels_argument, error_message
+from nnssl.cli.common import SETUP_ERRORS, add_read_policy_arguments, error_message
 from nnssl.cli.preprocess import CONFIGURATIONS
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pl", default="ExperimentPlanner", help="experiment planner (default ExperimentPlanner)")
     parser.add_argument("--no_pp", action="store_true", help="fingerprint and plan only")
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if it exists")
-    add_max_voxels_argument(parser)
+    add_read_policy_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="log more")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
@@ -56,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in args.d:
         try:
             extract_fingerprint_for_dataset(
-                dataset, args.npfp, clean=args.clean, progress=not args.no_progress, max_voxels=args.max_voxels
+                dataset,
+                args.npfp,
+                clean=args.clean,
+                progress=not args.no_progress,
+                max_voxels=args.max_voxels,
+                resample_sheared=args.resample_sheared,
             )
             plan = plan_experiment_for_dataset(dataset, planner=args.pl)
             if args.no_pp:
                 continue
             preprocess_dataset(
                 dataset, args.c, plan.plans_name, args.np, 0, 1, args.verbose, progress=not args.no_progress,
-                max_voxels=args.max_voxels,
+                max_voxels=args.max_voxels, resample_sheared=args.resample_sheared,
             )  # fmt: skip
         except SETUP_ERRORS as err:
             sys.stderr.write(f"nnssl_plan_and_preprocess: error: {error_message(err)}\n")

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from nnssl.cli.common import SETUP_ERRORS, add_max_voxels_argument, error_message
+from nnssl.cli.common import SETUP_ERRORS, add_read_policy_arguments, error_message
 
 CONFIGURATIONS = ("onemmiso", "median", "noresample")
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-np", nargs="+", type=int, default=[4], help="processes: one value for all configurations, or one each"
     )
-    add_max_voxels_argument(parser)
+    add_read_policy_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="log more")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             preprocess_dataset(
                 dataset, args.c, args.plans_name, args.np, args.part, args.total_parts, args.verbose,
-                progress=not args.no_progress, max_voxels=args.max_voxels,
+                progress=not args.no_progress, max_voxels=args.max_voxels, resample_sheared=args.resample_sheared,
             )  # fmt: skip
         except SETUP_ERRORS as err:
             sys.stderr.write(f"nnssl_preprocess: error: {error_message(err)}\n")

@@ -10,7 +10,10 @@
 * **Shear.** An affine whose axes are not orthogonal (|D^T D - I| > :data:`SHEAR_TOLERANCE` for the direction
   matrix D of unit columns, i.e. axes more than ~0.06 degrees from perpendicular) is refused: mapping it to the
   closest axis-aligned orientation would drop the shear and use the column norms as spacings, a geometrically
-  wrong image (a 10-slice file with 53 mm "spacing" became 531 slices).
+  wrong image (a 10-slice file with 53 mm "spacing" became 531 slices). With ``resample_sheared`` (the
+  ``--resample_sheared`` flag of the preprocessing commands) a sheared NIfTI file is instead resampled onto an
+  axis-aligned grid that covers it, with the column norms of its affine as spacing (cubic B-spline for images,
+  nearest neighbour for masks; :func:`nnssl.imageio.nibabel_reader.resample_sheared_image`).
 
 :class:`ReadPolicy` carries the settings from the command line down to the worker processes.
 """
@@ -33,11 +36,13 @@ class ReadPolicy:
 
     ``max_voxels``: largest number of voxels (spatial voxels x channels) an image may have.
     ``num_channels``: channels per voxel the image is declared to have (``image_info["num_channels"]``); None
-    leaves the count to the caller (masks check for exactly one themselves).
+    leaves the count to the caller (masks check for exactly one themselves). ``resample_sheared``: resample a
+    sheared NIfTI image onto an axis-aligned grid instead of refusing it.
     """
 
     max_voxels: int = DEFAULT_MAX_VOXELS
     num_channels: int | None = 1
+    resample_sheared: bool = False
 
     def __post_init__(self) -> None:
         if int(self.max_voxels) < 1:
@@ -51,6 +56,11 @@ def shear(direction: tuple[float, ...] | np.ndarray) -> float:
     d = np.asarray(direction, dtype=float).reshape(3, 3)
     d = d / np.linalg.norm(d, axis=0, keepdims=True)
     return float(np.abs(d.T @ d - np.eye(3)).max())
+
+
+def is_sheared(direction: tuple[float, ...] | np.ndarray) -> bool:
+    """True when the voxel axes are further from perpendicular than :data:`SHEAR_TOLERANCE` allows."""
+    return shear(direction) > SHEAR_TOLERANCE
 
 
 def _axis_angles(direction: tuple[float, ...]) -> str:
@@ -80,12 +90,12 @@ def check_header(header: ImageHeader, policy: ReadPolicy) -> None:
             f"multi-channel input is meant, declare it in pretrain_data.json: "
             f'"image_info": {{"num_channels": {header.num_channels}}}.',
         )
-    amount = shear(header.direction)
-    if amount > SHEAR_TOLERANCE:
+    if is_sheared(header.direction) and not policy.resample_sheared:
         raise ImageReadError(
             header.path,
             f"its affine is sheared (angles between the voxel axes: {_axis_angles(header.direction)} degrees "
             f"instead of 90). nnssl will not reorient it by dropping the shear, which would distort the anatomy "
-            "and misstate the spacing. Resample the image onto an orthogonal grid first (e.g. with "
-            "nibabel.processing.resample_from_to or ANTs/FSL), or remove it from pretrain_data.json.",
+            "and misstate the spacing. Let nnssl resample it onto an axis-aligned grid (--resample_sheared, NIfTI "
+            "files), resample it yourself (e.g. nibabel.processing.resample_to_output, ANTs, FSL), or remove it "
+            "from pretrain_data.json.",
         )

@@ -5,9 +5,10 @@
 :class:`ImageReadError` naming the file and, when both readers failed, both reasons (each with its reader's name).
 
 Before any voxel is read, every image is screened (:func:`screen`): the header must meet the
-:class:`~nnssl.imageio.policy.ReadPolicy` (size limit, declared channels, no shear) and the file must hold the data
-its header promises (:mod:`nnssl.imageio.integrity`). Both the fingerprint (header-only) and the preprocessing
-(full read) go through it, so a file refused by one is refused by the other, with the same reason.
+:class:`~nnssl.imageio.policy.ReadPolicy` (size limit, declared channels, no shear unless it asks for resampling)
+and the file must hold the data its header promises (:mod:`nnssl.imageio.integrity`). Both the fingerprint
+(header-only) and the preprocessing (full read) go through it, so a file refused by one is refused by the other,
+with the same reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from nnssl.imageio import nibabel_reader, simpleitk_reader
 from nnssl.imageio.header import ImageHeader, ImageReadError
 from nnssl.imageio.integrity import check_file_complete
-from nnssl.imageio.policy import ReadPolicy, check_header
+from nnssl.imageio.policy import ReadPolicy, check_header, is_sheared
 
 T = TypeVar("T")
 
@@ -72,9 +73,18 @@ def screen(path: str | os.PathLike[str], policy: ReadPolicy | None = None, thoro
     size check is used (see :mod:`nnssl.imageio.integrity`). Raises :class:`ImageReadError` with the reason.
     """
     path = str(path)
+    policy = policy or ReadPolicy()
     header = _with_fallback(path, _HEADER_READERS, _header_order(path))
-    check_header(header, policy or ReadPolicy())
+    check_header(header, policy)
     check_file_complete(path, thorough=thorough)
+    if policy.resample_sheared and is_sheared(header.direction):  # allowed by check_header: describe the new grid
+        if not _is_nifti(path):
+            raise ImageReadError(
+                path,
+                "its affine is sheared and --resample_sheared handles NIfTI files only. Convert it to NIfTI or "
+                "resample it onto an orthogonal grid yourself, or remove it from pretrain_data.json.",
+            )
+        header = nibabel_reader.read_header_nibabel(path, resample_sheared=True)
     return header
 
 
@@ -96,8 +106,13 @@ def _voxel_order(path: str, header: ImageHeader) -> tuple[str, str]:
     return (_SITK, _NIB)
 
 
-def _read_voxels(path: str, header: ImageHeader) -> tuple[np.ndarray, dict[str, Any]]:
-    array, properties = _with_fallback(path, _VOXEL_READERS, _voxel_order(path, header))
+def _read_voxels(path: str, header: ImageHeader, resample_order: int = 3) -> tuple[np.ndarray, dict[str, Any]]:
+    """The canonical voxels; a header of a sheared image that the policy lets through is resampled on reading
+    (``resample_order`` 3 for images, 0 for masks)."""
+    if header.reader == nibabel_reader.RESAMPLED_READER_NAME:
+        array, properties = nibabel_reader.read_canonical_nibabel(path, resample_order=resample_order)
+    else:
+        array, properties = _with_fallback(path, _VOXEL_READERS, _voxel_order(path, header))
     if np.iscomplexobj(array):
         raise ImageReadError(path, f"complex voxel type {array.dtype} is not supported.")
     return array, properties
@@ -146,10 +161,12 @@ def read_mask(
     (``policy``'s size limit; one channel).
     """
     path = str(path)
-    header = screen(path, ReadPolicy(max_voxels=(policy or ReadPolicy()).max_voxels, num_channels=None), thorough=True)
+    policy = policy or ReadPolicy()
+    mask_policy = ReadPolicy(max_voxels=policy.max_voxels, num_channels=None, resample_sheared=policy.resample_sheared)
+    header = screen(path, mask_policy, thorough=True)
     if header.num_channels != 1:
         raise ImageReadError(path, f"a mask must have one channel, this file has {header.num_channels}.")
-    array, properties = _read_voxels(path, header)
+    array, properties = _read_voxels(path, header, resample_order=0)
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise ImageReadError(path, "the mask contains NaN or Inf values.")

@@ -87,16 +87,24 @@ def extract_fingerprint(
     dataset_name: str | None = None,
     progress: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    resample_sheared: bool = False,
 ) -> dict[str, Any]:
     """Read the header of every image and summarise them (see the module docstring for the keys).
 
     Each file is screened as :func:`nnssl.imageio.read_header` does (truncated files, more than ``max_voxels``
-    voxels, undeclared channels, sheared affines are excluded with their reason). Raises ValueError if not a
+    voxels, undeclared channels, sheared affines are excluded with their reason; with ``resample_sheared`` a sheared
+    NIfTI image counts with the axis-aligned grid preprocessing resamples it onto). Raises ValueError if not a
     single image could be read; the message lists the first reasons.
     """
     records = list(images.iter_images()) if isinstance(images, Collection) else list(images)
     tasks = [
-        (i, img.unique_id, img.image_path, img.modality, ReadPolicy(max_voxels, declared_channels(img.image_info)))
+        (
+            i,
+            img.unique_id,
+            img.image_path,
+            img.modality,
+            ReadPolicy(max_voxels, declared_channels(img.image_info), resample_sheared),
+        )
         for i, img in enumerate(records)
     ]
     found: dict[int, dict[str, Any]] = {}
@@ -139,12 +147,13 @@ def extract_fingerprint_for_dataset(
     clean: bool = False,
     progress: bool = True,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    resample_sheared: bool = False,
 ) -> dict[str, Any]:
     """Fingerprint ``$nnssl_raw/<name>/pretrain_data.json`` into ``$nnssl_preprocessed/<name>/`` (atomically).
 
     An existing fingerprint is loaded and returned unless ``clean`` is set.
     ``num_processes`` defaults to :func:`default_num_processes`; ``progress`` shows a tqdm bar on stderr;
-    ``max_voxels`` is the size limit of one image (see :class:`nnssl.imageio.ReadPolicy`).
+    ``max_voxels`` and ``resample_sheared`` are the read policy of every image (see :class:`nnssl.imageio.ReadPolicy`).
     """
     name = resolve_dataset_name(dataset_name_or_id)
     out = fingerprint_path(name)
@@ -160,7 +169,12 @@ def extract_fingerprint_for_dataset(
     collection = Collection.load(collection_file)
     workers = default_num_processes() if num_processes is None else num_processes
     fingerprint = extract_fingerprint(
-        collection, num_processes=workers, dataset_name=name, progress=progress, max_voxels=max_voxels
+        collection,
+        num_processes=workers,
+        dataset_name=name,
+        progress=progress,
+        max_voxels=max_voxels,
+        resample_sheared=resample_sheared,
     )
     save_json(fingerprint, out)
     logger.info(

@@ -151,13 +151,13 @@ def _preprocess_one(task: Task) -> dict[str, str]:
     from nnssl.imageio import read_image, read_mask
     from nnssl.preprocessing.preprocess_case import preprocess_case
 
-    image_dict, stem_text, config_plan, plan, case_made_with, max_voxels = task
+    image_dict, stem_text, config_plan, plan, case_made_with, max_voxels, resample_sheared = task
     image = IndependentImage.from_dict(image_dict)
     stem = Path(stem_text)
     properties_path(stem).unlink(missing_ok=True)  # a case of another plan must not stay "complete" if this fails
     current, field = image.image_path, "image_path"
     try:
-        policy = ReadPolicy(max_voxels, declared_channels(image.image_info))
+        policy = ReadPolicy(max_voxels, declared_channels(image.image_info), resample_sheared)
         data, props = read_image(image.image_path, policy)
         masks, binarised = {}, {}
         for kind, mask_field in _MASK_FIELDS:
@@ -263,10 +263,12 @@ def preprocess_configuration(
     verbose: bool = False,
     progress: bool = True,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    resample_sheared: bool = False,
 ) -> PreprocessingReport:
     """Preprocess one configuration of a dataset (one part of it); see the module docstring.
 
-    ``max_voxels`` is the size limit of one image (see :class:`nnssl.imageio.ReadPolicy`). Raises
+    ``max_voxels`` and ``resample_sheared`` are the read policy of every image (see
+    :class:`nnssl.imageio.ReadPolicy`). Raises
     :class:`OutOfSpaceError` when the disk fills up (finished cases are kept).
     """
     from nnssl.planning.plans import Plan
@@ -307,7 +309,7 @@ def preprocess_configuration(
             report.num_skipped += 1
             continue
         report.num_redone_other_plan += status == "other_plan"
-        tasks.append((image.to_dict(), str(stem), config_dict, plan_dict, case_made_with, max_voxels))
+        tasks.append((image.to_dict(), str(stem), config_dict, plan_dict, case_made_with, max_voxels, resample_sheared))
     if report.num_redone_other_plan:
         logger.warning(
             "%d stored case(s) of %s were made under another plan than %s (plan digest %s) or by an nnssl that "
@@ -399,19 +401,29 @@ def preprocess_dataset(
     verbose: bool = False,
     progress: bool = True,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    resample_sheared: bool = False,
 ) -> dict[str, PreprocessingReport]:
     """Preprocess ``configurations`` of a dataset; ``num_processes`` is one value or one per configuration.
 
     Returns {configuration: PreprocessingReport}. Bad images are recorded, never raised; missing plans or
     collection files raise with the command that creates them; a full disk raises :class:`OutOfSpaceError`.
-    ``max_voxels`` is the size limit of one image (see :class:`nnssl.imageio.ReadPolicy`).
+    ``max_voxels`` and ``resample_sheared`` are the read policy of every image (see :class:`nnssl.imageio.ReadPolicy`).
     """
     name = resolve_dataset_name(dataset_name_or_id)
     configurations = list(configurations)
     processes = _processes_per_config(num_processes, configurations)
     return {
         config: preprocess_configuration(
-            name, config, plans_name, n, part, total_parts, verbose, progress, max_voxels=max_voxels
+            name,
+            config,
+            plans_name,
+            n,
+            part,
+            total_parts,
+            verbose,
+            progress,
+            max_voxels=max_voxels,
+            resample_sheared=resample_sheared,
         )
         for config, n in zip(configurations, processes)
     }
