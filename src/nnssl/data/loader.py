@@ -8,7 +8,12 @@ calling process's streams are untouched when ``num_workers=0``). The batch seque
 same for any ``num_workers`` and after a resume, and differs between ranks (the rank is part of the key).
 
 Workers. ``DataConfig.num_workers`` worker processes (0 = in the main process), persistent across epochs, one
-torch thread each; memory is pinned when the device is CUDA.
+torch thread each; memory is pinned when the device is CUDA. Workers ignore the stop signals (a scheduler signals
+the whole process group; the main process saves first and then stops them), so ``multiprocessing``'s exit-time
+``terminate()`` (SIGTERM) cannot stop them: :meth:`TrainLoader.close` stops them cleanly, and every loader still
+open when the interpreter exits is closed by an ``atexit`` hook that runs before ``multiprocessing``'s. Without it a
+program that exits while a loader is still referenced (an exception traceback is enough) waited for its workers
+forever.
 
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).
@@ -31,11 +36,14 @@ attempt number (so a batch without bad cases is unchanged). Each process stops w
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
+import multiprocessing.util  # noqa: F401  (its exit hook is registered before ours, so ours runs first)
 import random
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -300,6 +308,18 @@ class _EpochBatches:
         return self.num_batches
 
 
+#: Loaders with worker processes that may still be running; closed at interpreter exit.
+_OPEN_LOADERS: weakref.WeakSet[TrainLoader] = weakref.WeakSet()
+
+
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN_LOADERS):
+        loader.close()
+
+
+atexit.register(_close_open_loaders)  # atexit runs hooks last-registered first: before multiprocessing's join
+
+
 def _worker_init(_: int) -> None:
     from nnssl.engine.signals import ignore_stop_signals
 
@@ -337,6 +357,26 @@ class TrainLoader:
             prefetch_factor=2 if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(0),  # keeps DataLoader's base-seed draw off the global stream
         )
+        if num_workers > 0:
+            _OPEN_LOADERS.add(self)
+
+    def close(self) -> None:
+        """Stop the worker processes now (idempotent; the next :meth:`make_iter` starts new ones).
+
+        The workers get torch's shutdown message and are joined; one that does not end is killed (they ignore
+        SIGTERM, see the module docstring).
+        """
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is None:
+            return
+        self.loader._iterator = None
+        try:
+            iterator._shutdown_workers()
+        finally:
+            for worker in getattr(iterator, "_workers", ()):
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
 
     def make_iter(self, epoch: int) -> Iterator[dict[str, Any]]:
         """Batches of ``epoch``: ``{"image": (B, C, *patch) float32 tensor, masks, "unique_id": [str]}``."""
