@@ -10,10 +10,10 @@ same for any ``num_workers`` and after a resume, and differs between ranks (the 
 Workers. ``DataConfig.num_workers`` worker processes (0 = in the main process), persistent across epochs, one
 torch thread each; memory is pinned when the device is CUDA. Workers ignore the stop signals (a scheduler signals
 the whole process group; the main process saves first and then stops them), so ``multiprocessing``'s exit-time
-``terminate()`` (SIGTERM) cannot stop them: :meth:`TrainLoader.close` stops them cleanly, and every loader still
-open when the interpreter exits is closed by an ``atexit`` hook that runs before ``multiprocessing``'s. Without it a
-program that exits while a loader is still referenced (an exception traceback is enough) waited for its workers
-forever.
+``terminate()`` (SIGTERM) cannot stop them: :meth:`TrainLoader.close` stops them, and an ``atexit`` hook that runs
+before ``multiprocessing``'s kills every worker still running. Without it a program whose loader outlived its
+training (an exception traceback is enough) waited for its workers forever at exit; torch's own shutdown of a
+collected iterator did not always reach the worker (seen after a worker had raised).
 
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).
@@ -40,10 +40,10 @@ import atexit
 import contextlib
 import logging
 import math
+import multiprocessing
 import multiprocessing.util  # noqa: F401  (its exit hook is registered before ours, so ours runs first)
 import random
 import sys
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -308,16 +308,19 @@ class _EpochBatches:
         return self.num_batches
 
 
-#: Loaders with worker processes that may still be running; closed at interpreter exit.
-_OPEN_LOADERS: weakref.WeakSet[TrainLoader] = weakref.WeakSet()
+#: PIDs of every loader worker process started here; those still running at interpreter exit are killed.
+_WORKER_PIDS: set[int] = set()
 
 
-def _close_open_loaders() -> None:
-    for loader in list(_OPEN_LOADERS):
-        loader.close()
+def _kill_leftover_workers() -> None:
+    """Kill this process's loader workers that are still running (their loader's shutdown did not reach them)."""
+    for process in multiprocessing.active_children():
+        if process.pid in _WORKER_PIDS:
+            process.kill()
+            process.join()
 
 
-atexit.register(_close_open_loaders)  # atexit runs hooks last-registered first: before multiprocessing's join
+atexit.register(_kill_leftover_workers)  # atexit runs hooks last-registered first: before multiprocessing's join
 
 
 def _worker_init(_: int) -> None:
@@ -357,15 +360,10 @@ class TrainLoader:
             prefetch_factor=2 if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(0),  # keeps DataLoader's base-seed draw off the global stream
         )
-        if num_workers > 0:
-            _OPEN_LOADERS.add(self)
 
     def close(self) -> None:
-        """Stop the worker processes now (idempotent; the next :meth:`make_iter` starts new ones).
-
-        The workers get torch's shutdown message and are joined; one that does not end is killed (they ignore
-        SIGTERM, see the module docstring).
-        """
+        """Stop the worker processes now (idempotent; the next :meth:`make_iter` starts new ones): torch's orderly
+        shutdown, then SIGKILL for a worker that is still alive (workers ignore SIGTERM)."""
         iterator = getattr(self.loader, "_iterator", None)
         if iterator is None:
             return
@@ -381,9 +379,11 @@ class TrainLoader:
     def make_iter(self, epoch: int) -> Iterator[dict[str, Any]]:
         """Batches of ``epoch``: ``{"image": (B, C, *patch) float32 tensor, masks, "unique_id": [str]}``."""
         self.batch_sampler.epoch = int(epoch)
+        iterator = iter(self.loader)
+        _WORKER_PIDS.update(worker.pid for worker in getattr(iterator, "_workers", ()))
         if self.augment_on is None:
-            return iter(self.loader)
-        return (resample_deferred(batch, self.augment_on) for batch in self.loader)
+            return iterator
+        return (resample_deferred(batch, self.augment_on) for batch in iterator)
 
     __call__ = make_iter
 
