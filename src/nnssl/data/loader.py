@@ -10,8 +10,8 @@ same for any ``num_workers`` and after a resume, and differs between ranks (the 
 Workers. ``DataConfig.num_workers`` worker processes (0 = in the main process), persistent across epochs, one
 torch thread each; memory is pinned when the device is CUDA. Workers ignore the stop signals (a scheduler signals
 the whole process group; the main process saves first and then stops them), so ``multiprocessing``'s exit-time
-``terminate()`` (SIGTERM) cannot stop them: :meth:`TrainLoader.close` stops them, and an ``atexit`` hook that runs
-before ``multiprocessing``'s kills every worker still running. Without it a program whose loader outlived its
+``terminate()`` (SIGTERM) cannot stop them: an ``atexit`` hook that runs before ``multiprocessing``'s kills every
+worker still running. Without it a program whose loader outlived its
 training (an exception traceback is enough) waited for its workers forever at exit; torch's own shutdown of a
 collected iterator did not always reach the worker (seen after a worker had raised).
 
@@ -360,21 +360,6 @@ class TrainLoader:
             prefetch_factor=2 if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(0),  # keeps DataLoader's base-seed draw off the global stream
         )
-
-    def close(self) -> None:
-        """Stop the worker processes now (idempotent; the next :meth:`make_iter` starts new ones): torch's orderly
-        shutdown, then SIGKILL for a worker that is still alive (workers ignore SIGTERM)."""
-        iterator = getattr(self.loader, "_iterator", None)
-        if iterator is None:
-            return
-        self.loader._iterator = None
-        try:
-            iterator._shutdown_workers()
-        finally:
-            for worker in getattr(iterator, "_workers", ()):
-                if worker.is_alive():
-                    worker.kill()
-                    worker.join()
 
     def make_iter(self, epoch: int) -> Iterator[dict[str, Any]]:
         """Batches of ``epoch``: ``{"image": (B, C, *patch) float32 tensor, masks, "unique_id": [str]}``."""
