@@ -113,13 +113,12 @@ def register_voco() -> None:
         "VoCo on a tiny Primus, 4x4x1 base crops of 16^3 + 4 targets, EMA 0.99, 40 x 10 iterations.",
         primus_overrides={"train.num_epochs": 40},
         cnn_overrides={
-            "train.num_epochs": 16,
-            "optim.name": "adamw",
+            **EVA_OPTIM,  # AdamW, wd 0.05, betas (0.9, 0.98); at 1e-3 with one warm-up epoch and cosine decay
             "optim.lr": 1e-3,
-            "optim.weight_decay": 5e-2,
-            "optim.betas": (0.9, 0.98),
             "optim.schedule": "warmup_cosine",
             "optim.warmup_epochs": 1,
+            "train.grad_clip": None,  # VoCoTrainer's
+            "train.num_epochs": 16,
         },
     )
 
