@@ -11,9 +11,9 @@ Workers. ``DataConfig.num_workers`` worker processes (0 = in the main process), 
 torch thread each; memory is pinned when the device is CUDA. Workers ignore the stop signals (a scheduler signals
 the whole process group; the main process saves first and then stops them), so ``multiprocessing``'s exit-time
 ``terminate()`` (SIGTERM) cannot stop them: an ``atexit`` hook that runs before ``multiprocessing``'s kills every
-worker still running. Without it a program whose loader outlived its
-training (an exception traceback is enough) waited for its workers forever at exit; torch's own shutdown of a
-collected iterator did not always reach the worker (seen after a worker had raised).
+worker still running. Without it a program whose loader outlived its training (an exception traceback is enough)
+waited for its workers forever at exit; torch's own shutdown of a collected iterator did not always reach the
+worker (seen after a worker had raised).
 
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).

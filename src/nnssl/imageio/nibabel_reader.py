@@ -27,6 +27,7 @@ from nnssl.imageio.header import (
     orientation_code,
     to_canonical_order,
 )
+from nnssl.imageio.policy import is_sheared
 
 READER_NAME = "nibabel"
 #: The ``reader`` of a header/properties whose image was resampled from a sheared affine.
@@ -89,8 +90,6 @@ def resample_sheared_image(path: str, image: SpatialImage, shape: tuple[int, int
 
 
 def _sheared(affine: np.ndarray) -> bool:
-    from nnssl.imageio.policy import is_sheared
-
     return is_sheared(affine[:3, :3] / nib.affines.voxel_sizes(affine))
 
 
