@@ -33,14 +33,28 @@ def build_backbone(
     reconstruction: bool = False,
     decoder_depth: int = 2,
     mask_token_std: float = 1e-6,
+    out_channels: int | None = None,
+    mask_token: bool = True,
 ) -> Backbone:
     """The backbone interface of ``arch``'s family around a network built for ``input_size`` (checked).
 
     ``reconstruction=True`` prepares :meth:`Backbone.reconstruct` (trainable decoder; on transformers also the
-    mask token, initialised with ``mask_token_std``, and a light Eva decoder of ``decoder_depth`` blocks).
+    mask token, initialised with ``mask_token_std``, and a light Eva decoder of ``decoder_depth`` blocks, none
+    with 0). ``out_channels``: channels of the network's output head (default ``in_channels``; e.g. class logits
+    of a dense pretext task). ``mask_token=False``: on transformers no mask token is made, for methods that only
+    call ``reconstruct(x)`` on the whole input (an unused parameter would get no gradient).
     """
     size = check_patch_size(arch, input_size)
-    return FAMILIES.get(arch.family)(arch, in_channels, size, reconstruction, decoder_depth, mask_token_std)
+    return FAMILIES.get(arch.family)(
+        arch,
+        in_channels,
+        size,
+        reconstruction,
+        decoder_depth,
+        mask_token_std,
+        out_channels=out_channels,
+        mask_token=mask_token,
+    )
 
 
 __all__ = ["FAMILIES", "Backbone", "Features", "Reconstruction", "build_backbone", "family_of"]

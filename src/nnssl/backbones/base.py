@@ -17,6 +17,16 @@ A method never looks inside a network. It builds a :class:`Backbone` with :func:
   reconstruction methods (CNN: zeroed voxels through the U-Net; transformer: masked tokens dropped from the
   encoder, a learned mask token in their place, a light Eva decoder and the backbone's ``PatchDecode``), plus
   the features of the masked input (CNN: encoder stages; transformer: the full token grid with mask tokens);
+  ``reconstruct(x)`` without a mask does the same for the whole input (restoration and dense pretext tasks:
+  Models Genesis, VolumeFusion), with ``out_channels`` output channels (``build_backbone(..., out_channels=K)``);
+* :meth:`Backbone.decode`: the full-resolution prediction from features that :meth:`Backbone.encode` (or
+  :meth:`Backbone.encode_sparse`) returned, maps possibly changed by the method (CNN: the U-Net decoder with its
+  skips; transformer: the light decoder when built with ``decoder_depth > 0``, then ``PatchDecode``): SimMIM, and
+  SparK's densified stages;
+* :meth:`Backbone.encode_sparse` (families with ``supports_sparse_encoding``: CNN): SparK's sparse encoding,
+  every convolution and norm of the encoder sees the visible units only (masked positions zeroed after every
+  convolution, norm statistics over visible positions); :attr:`Features.active` says where. Transformers raise
+  (a masked token set is what ``reconstruct`` already encodes);
 * :meth:`Backbone.context_decoder`: a module that lets masked units see their context before dense heads
   (transformer: Eva blocks over all tokens; CNN: the identity, its features already come from convolutions);
 * :attr:`Backbone.network` (the downstream network, what ``SSLMethod.backbone()`` returns and the checkpoint
@@ -46,10 +56,15 @@ from nnssl.transforms.masking import UnitMask, draw_unit_mask
 
 @dataclass
 class Features:
-    """Encoder features: ``maps`` (B, C_s, *grid_s), finest first; ``native_grid`` the default dense grid."""
+    """Encoder features: ``maps`` (B, C_s, *grid_s), finest first; ``native_grid`` the default dense grid.
+
+    ``active`` (sparse encodings only, :meth:`Backbone.encode_sparse`): per map a (B, 1, *grid_s) float map, 1 where
+    the encoder computed a feature from visible units, 0 at masked positions (whose features are exactly 0).
+    """
 
     maps: list[torch.Tensor]
     native_grid: tuple[int, int, int]
+    active: list[torch.Tensor] | None = None
 
     def pooled(self) -> torch.Tensor:
         """(B, sum C_s): the mean of every map over its grid, concatenated (1120-d on ResEnc-L, D on Primus)."""
@@ -88,16 +103,24 @@ class Backbone(nn.Module):
     #: Whether pooled features vary so little between samples that heads need them standardised (DINO's CLS on
     #: instance-normalised CNN stages: ~4% between-sample spread on the demo data, documentation/dino.md).
     pooled_needs_standardization: ClassVar[bool] = False
+    #: Whether :meth:`encode_sparse` exists (SparK's masked convolutions and norms: the CNN family).
+    supports_sparse_encoding: ClassVar[bool] = False
 
     def __init__(
-        self, arch: ArchitectureSpec, in_channels: int, input_size: Sequence[int], reconstruction: bool = False
+        self,
+        arch: ArchitectureSpec,
+        in_channels: int,
+        input_size: Sequence[int],
+        reconstruction: bool = False,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.arch = arch
         self.in_channels = int(in_channels)
+        self.out_channels = self.in_channels if out_channels is None else int(out_channels)
         self.input_size = tuple(int(s) for s in input_size)
         self.reconstruction = bool(reconstruction)
-        self.network = arch.build(self.in_channels, self.in_channels, self.input_size)
+        self.network = arch.build(self.in_channels, self.out_channels, self.input_size)
 
     # ------------------------------------------------------------------ what every family provides
     @property
@@ -159,9 +182,30 @@ class Backbone(nn.Module):
         """Features of ``x`` (B, C, X, Y, Z); with ``mask``, masked units are hidden in place (see module docstring)."""
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask) -> Reconstruction:
-        """Full-resolution prediction of ``x`` seen through ``mask`` (build with ``reconstruction=True``)."""
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
+        """Full-resolution prediction (``out_channels``) of ``x`` seen through ``mask`` (build with
+        ``reconstruction=True``); without ``mask`` of the whole input (restoration and dense pretext tasks)."""
         raise NotImplementedError
+
+    def decode(self, features: Features) -> torch.Tensor:
+        """(B, ``out_channels``, X, Y, Z): the network's decoder on ``features`` (build with ``reconstruction=True``).
+
+        ``features`` has the maps and grids :meth:`encode` returns for an input of the build size; a method may change
+        their values (SparK fills masked positions), not their shapes.
+        """
+        raise NotImplementedError
+
+    def encode_sparse(self, x: torch.Tensor, mask: UnitMask) -> Features:
+        """SparK's sparse encoding of ``x`` seen through ``mask`` (families with :attr:`supports_sparse_encoding`).
+
+        The encoder behaves as if only the visible units existed: masked input voxels are zeroed, every convolution's
+        and pooling's output is zeroed at masked positions, every norm takes its statistics over visible positions
+        only; ``Features.active`` marks the visible positions of each map. Parameter names do not change.
+        """
+        raise NotImplementedError(
+            f"The {self.family} family has no sparse encoding: masked (sparse) convolution is a CNN operation, so "
+            "SparK runs on CNN architectures only (a transformer drops masked tokens instead, see reconstruct)."
+        )
 
     def context_decoder(self, depth: int) -> nn.Module:
         """A module ``Features -> Features`` that mixes masked units with their context before dense heads."""

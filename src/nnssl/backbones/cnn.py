@@ -47,8 +47,10 @@ class CNNBackbone(Backbone):
         reconstruction: bool = False,
         decoder_depth: int = 2,
         mask_token_std: float = 1e-6,
+        out_channels: int | None = None,
+        mask_token: bool = True,
     ) -> None:
-        super().__init__(arch, in_channels, input_size, reconstruction)
+        super().__init__(arch, in_channels, input_size, reconstruction, out_channels)
         decoder = self.network.decoder
         for head in list(decoder.seg_layers)[:-1]:
             self._freeze(head)
@@ -92,7 +94,7 @@ class CNNBackbone(Backbone):
     def encode(self, x: torch.Tensor, mask: UnitMask | None = None) -> Features:
         return self._features(self.network.encoder(self._masked_input(x, mask)))
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask) -> Reconstruction:
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
         self._require_reconstruction()
         stages = self.network.encoder(self._masked_input(x, mask))
         prediction = self.network.decoder(stages)

@@ -12,6 +12,9 @@ encoder ``eva`` (learned ``pos_embed`` + RoPE), a ``PatchDecode`` ``up_projectio
   Eva decoder (``decoder_depth`` blocks, default 2 as upstream's EvaMAE) and ``up_projection`` return voxels.
   The loss mask is the same :class:`UnitMask` (tokens in (w h d) order), so prediction and mask cannot disagree
   (upstream bugs B3/B4).
+* ``reconstruct(x)`` without a mask: every token through the encoder, the decoder (none with ``decoder_depth=0``:
+  ``PatchDecode`` on the encoder tokens, as upstream's Models Genesis / VolumeFusion Primus trainers) and
+  ``up_projection``; built with ``mask_token=False`` no mask token exists.
 * ``context_decoder(depth)``: Eva blocks over the full token sequence (AlignedMAE's feature decoder).
 * frozen unless built with ``reconstruction=True``: ``up_projection``.
 """
@@ -71,8 +74,10 @@ class TransformerBackbone(Backbone):
         reconstruction: bool = False,
         decoder_depth: int = 2,
         mask_token_std: float = 1e-6,
+        out_channels: int | None = None,
+        mask_token: bool = True,
     ) -> None:
-        super().__init__(arch, in_channels, input_size, reconstruction)
+        super().__init__(arch, in_channels, input_size, reconstruction, out_channels)
         kernel = tuple(int(k) for k in self.network.down_projection.proj.kernel_size)
         if len(set(kernel)) != 1:
             raise ValueError(
@@ -83,8 +88,12 @@ class TransformerBackbone(Backbone):
         self.num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
         self.num_heads = int(self.network.eva.blocks[0].attn.num_heads)
         if reconstruction:
-            self.add_mask_token(mask_token_std)
-            self.decoder = light_eva(self.feature_dim, decoder_depth, self.num_heads, self.grid)
+            if mask_token:
+                self.add_mask_token(mask_token_std)
+            # depth 0: PatchDecode straight on the encoder tokens (upstream's EvaMAE with decoder_eva_depth=0)
+            self.decoder = (
+                light_eva(self.feature_dim, decoder_depth, self.num_heads, self.grid) if decoder_depth else None
+            )
         else:
             self._freeze(self.network.up_projection)
 
@@ -116,7 +125,7 @@ class TransformerBackbone(Backbone):
         out = eva_forward_tokens(self.network.eva, tokens, grid=grid, build_grid=self.grid)
         return Features(maps=[unflatten_tokens(out, grid)], native_grid=grid)
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask) -> Reconstruction:
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
         self._require_reconstruction()
         tokens, grid = self._tokens(x)
         if grid != self.grid:
@@ -124,12 +133,17 @@ class TransformerBackbone(Backbone):
                 f"Input {tuple(x.shape[2:])} gives the token grid {grid}; this backbone was built for {self.grid}. "
                 "Use the patch size the method was built with."
             )
-        keep = mask.keep_indices()
-        encoded = eva_forward_tokens(self.network.eva, tokens, keep)
-        b, _, d = encoded.shape
-        full = self.mask_token.to(encoded.dtype).expand(b, self.num_tokens, d)
-        full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, d), encoded)
-        decoded, _ = self.decoder(full)
+        if mask is None:  # the whole input: every token through the encoder
+            full = eva_forward_tokens(self.network.eva, tokens)
+        else:
+            if not self.has_mask_token:
+                raise RuntimeError("reconstruct(x, mask) needs the mask token: build with mask_token=True.")
+            keep = mask.keep_indices()
+            encoded = eva_forward_tokens(self.network.eva, tokens, keep)
+            b, _, d = encoded.shape
+            full = self.mask_token.to(encoded.dtype).expand(b, self.num_tokens, d)
+            full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, d), encoded)
+        decoded = full if self.decoder is None else self.decoder(full)[0]
         prediction = self.network.up_projection(unflatten_tokens(decoded, self.grid))
         return Reconstruction(
             prediction=prediction, features=Features(maps=[unflatten_tokens(full, self.grid)], native_grid=self.grid)
