@@ -42,7 +42,7 @@ parameter received a gradient (DDP without ``find_unused_parameters``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -88,10 +88,16 @@ class Features:
 
 @dataclass
 class Reconstruction:
-    """``prediction`` (B, C, X, Y, Z) from the masked input and the ``features`` of that masked input."""
+    """``prediction`` (B, C, X, Y, Z) from the masked input and the ``features`` of that masked input.
+
+    ``scales`` (only with ``reconstruct(..., scales=True)``): the decoder's intermediate maps, coarsest first, the
+    last one the map the output head reads (ResEnc-L: the 5 decoder stages, 320 ch at 1/16 ... 32 ch at full
+    resolution; Primus: the decoded token grid and every ``PatchDecode`` stage before its output layer).
+    """
 
     prediction: torch.Tensor
     features: Features
+    scales: list[torch.Tensor] = field(default_factory=list)
 
 
 class Backbone(nn.Module):
@@ -182,9 +188,16 @@ class Backbone(nn.Module):
         """Features of ``x`` (B, C, X, Y, Z); with ``mask``, masked units are hidden in place (see module docstring)."""
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None, scales: bool = False) -> Reconstruction:
         """Full-resolution prediction (``out_channels``) of ``x`` seen through ``mask`` (build with
-        ``reconstruction=True``); without ``mask`` of the whole input (restoration and dense pretext tasks)."""
+        ``reconstruction=True``); without ``mask`` of the whole input (restoration and dense pretext tasks), then at
+        any input size the encoder accepts. ``scales=True`` also returns the decoder's intermediate maps
+        (:attr:`Reconstruction.scales`); the prediction is the same either way."""
+        raise NotImplementedError
+
+    def scale_channels(self) -> tuple[int, ...]:
+        """Channels of :attr:`Reconstruction.scales` (``reconstruct(..., scales=True)``), coarsest first, known without
+        running the network (heads sized per decoder scale, e.g. PCRLv2's restoration and embedding heads)."""
         raise NotImplementedError
 
     def decode(self, features: Features) -> torch.Tensor:

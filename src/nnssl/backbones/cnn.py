@@ -3,7 +3,8 @@
 * ``encode(x, mask)``: masked voxel blocks are zeroed, ``x * (1 - M)`` (MAE, methods.md 0.3), or set to the
   learned per-channel mask token ``t`` after :meth:`CNNBackbone.add_mask_token`, ``x * (1 - M) + t M`` (SimMIM);
   the encoder returns one map per stage (finest first).
-* ``reconstruct(x, mask)``: the U-Net on the zeroed input; the full-resolution head only (no deep supervision).
+* ``reconstruct(x, mask)``: the U-Net on the zeroed input; the full-resolution head only (no deep supervision);
+  ``scales=True`` also returns every decoder stage's output (coarsest first).
 * native dense grid: the first stage whose total stride reaches 8 (the grid of an 8^3-token transformer on the
   same input), the deepest stage when none does.
 * frozen: the deep-supervision heads ``decoder.seg_layers[:-1]`` always; the whole decoder (``stages``,
@@ -94,13 +95,29 @@ class CNNBackbone(Backbone):
     def encode(self, x: torch.Tensor, mask: UnitMask | None = None) -> Features:
         return self._features(self.network.encoder(self._masked_input(x, mask)))
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None, scales: bool = False) -> Reconstruction:
         self._require_reconstruction()
         stages = self.network.encoder(self._masked_input(x, mask))
+        if scales:
+            prediction, maps = self._decode_with_scales(stages)
+            return Reconstruction(prediction=prediction, features=self._features(stages), scales=maps)
         prediction = self.network.decoder(stages)
         if isinstance(prediction, (list, tuple)):
             prediction = prediction[0]
         return Reconstruction(prediction=prediction, features=self._features(stages))
+
+    def _decode_with_scales(self, stages: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """dna's ``UNetDecoder.forward`` (skips, full-resolution head only), keeping every decoder stage's output."""
+        decoder = self.network.decoder
+        lower, maps = stages[-1], []
+        for s in range(len(decoder.stages)):
+            up = decoder.transpconvs[s](lower)
+            lower = decoder.stages[s](torch.cat((up, stages[-(s + 2)]), 1))
+            maps.append(lower)
+        return decoder.seg_layers[-1](lower), maps
+
+    def scale_channels(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self.network.encoder.output_channels[-2::-1])
 
     def context_decoder(self, depth: int) -> nn.Module:
         return IdentityContext()

@@ -14,7 +14,10 @@ encoder ``eva`` (learned ``pos_embed`` + RoPE), a ``PatchDecode`` ``up_projectio
   (upstream bugs B3/B4).
 * ``reconstruct(x)`` without a mask: every token through the encoder, the decoder (none with ``decoder_depth=0``:
   ``PatchDecode`` on the encoder tokens, as upstream's Models Genesis / VolumeFusion Primus trainers) and
-  ``up_projection``; built with ``mask_token=False`` no mask token exists.
+  ``up_projection``; built with ``mask_token=False`` no mask token exists. Without a mask any input size the
+  encoder accepts is allowed (``pos_embed`` resampled, RoPE rebuilt, in the light decoder too: PCRLv2's local
+  crops). ``scales=True`` also returns the decoded token grid and every ``PatchDecode`` stage before the output
+  layer (coarsest first).
 * ``context_decoder(depth)``: Eva blocks over the full token sequence (AlignedMAE's feature decoder).
 * frozen unless built with ``reconstruction=True``: ``up_projection``.
 """
@@ -125,16 +128,16 @@ class TransformerBackbone(Backbone):
         out = eva_forward_tokens(self.network.eva, tokens, grid=grid, build_grid=self.grid)
         return Features(maps=[unflatten_tokens(out, grid)], native_grid=grid)
 
-    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None) -> Reconstruction:
+    def reconstruct(self, x: torch.Tensor, mask: UnitMask | None = None, scales: bool = False) -> Reconstruction:
         self._require_reconstruction()
         tokens, grid = self._tokens(x)
-        if grid != self.grid:
+        if grid != self.grid and mask is not None:
             raise ValueError(
                 f"Input {tuple(x.shape[2:])} gives the token grid {grid}; this backbone was built for {self.grid}. "
                 "Use the patch size the method was built with."
             )
-        if mask is None:  # the whole input: every token through the encoder
-            full = eva_forward_tokens(self.network.eva, tokens)
+        if mask is None:  # the whole input: every token through the encoder (off the build grid as encode does)
+            full = eva_forward_tokens(self.network.eva, tokens, grid=grid, build_grid=self.grid)
         else:
             if not self.has_mask_token:
                 raise RuntimeError("reconstruct(x, mask) needs the mask token: build with mask_token=True.")
@@ -143,11 +146,29 @@ class TransformerBackbone(Backbone):
             b, _, d = encoded.shape
             full = self.mask_token.to(encoded.dtype).expand(b, self.num_tokens, d)
             full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, d), encoded)
-        decoded = full if self.decoder is None else self.decoder(full)[0]
-        prediction = self.network.up_projection(unflatten_tokens(decoded, self.grid))
+        if self.decoder is None:
+            decoded = full
+        elif grid == self.grid:
+            decoded = self.decoder(full)[0]
+        else:
+            decoded = eva_forward_tokens(self.decoder, full, grid=grid, build_grid=self.grid)
+        dense = unflatten_tokens(decoded, grid)
+        maps: list[torch.Tensor] = []
+        if scales:  # PatchDecode stage by stage, keeping what each stage before the output layer returns
+            *stages, head = self.network.up_projection.decode
+            maps.append(dense)
+            for stage in stages:
+                maps.append(stage(maps[-1]))
+            prediction = head(maps[-1])
+        else:
+            prediction = self.network.up_projection(dense)
         return Reconstruction(
-            prediction=prediction, features=Features(maps=[unflatten_tokens(full, self.grid)], native_grid=self.grid)
+            prediction=prediction, features=Features(maps=[unflatten_tokens(full, grid)], native_grid=grid), scales=maps
         )
+
+    def scale_channels(self) -> tuple[int, ...]:
+        *stages, _ = self.network.up_projection.decode
+        return (self.feature_dim, *(int(stage[0].out_channels) for stage in stages))
 
     def context_decoder(self, depth: int) -> nn.Module:
         return TokenContextDecoder(self.feature_dim, depth, self.num_heads, self.grid)
