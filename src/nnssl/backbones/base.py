@@ -200,6 +200,11 @@ class Backbone(nn.Module):
         running the network (heads sized per decoder scale, e.g. PCRLv2's restoration and embedding heads)."""
         raise NotImplementedError
 
+    def map_shapes(self, input_size: Sequence[int] | None = None) -> list[tuple[int, tuple[int, int, int]]]:
+        """``(channels, grid)`` of every map :meth:`encode` returns for an input of ``input_size`` (default the build
+        size), finest first, known without running the network (heads sized per map, e.g. SparK's densify layers)."""
+        raise NotImplementedError
+
     def decode(self, features: Features) -> torch.Tensor:
         """(B, ``out_channels``, X, Y, Z): the network's decoder on ``features`` (build with ``reconstruction=True``).
 

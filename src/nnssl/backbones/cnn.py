@@ -5,6 +5,10 @@
   the encoder returns one map per stage (finest first).
 * ``reconstruct(x, mask)``: the U-Net on the zeroed input; the full-resolution head only (no deep supervision);
   ``scales=True`` also returns every decoder stage's output (coarsest first).
+* ``decode(features)``: the U-Net decoder on the given stage maps (skips included), full-resolution head only.
+* ``encode_sparse(x, mask)`` (SparK): the input zeroed at masked voxels and the encoder run inside
+  :meth:`CNNBackbone.sparse`, the masked-forward context of :mod:`nnssl.backbones.sparse` (hooks, no renamed
+  modules): every conv/pooling output zeroed at masked positions, instance norms over visible positions only.
 * native dense grid: the first stage whose total stride reaches 8 (the grid of an 8^3-token transformer on the
   same input), the deepest stage when none does.
 * frozen: the deep-supervision heads ``decoder.seg_layers[:-1]`` always; the whole decoder (``stages``,
@@ -21,6 +25,7 @@ from torch import nn
 
 from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.backbones.base import Backbone, Features, Reconstruction
+from nnssl.backbones.sparse import SparseEncoding
 from nnssl.transforms.masking import UnitMask
 
 #: Total stride of the stage used as the native dense grid (matches Primus' 8^3 tokens).
@@ -39,6 +44,7 @@ class CNNBackbone(Backbone):
 
     family = "cnn"
     pooled_needs_standardization = True
+    supports_sparse_encoding = True
 
     def __init__(
         self,
@@ -121,3 +127,30 @@ class CNNBackbone(Backbone):
 
     def context_decoder(self, depth: int) -> nn.Module:
         return IdentityContext()
+
+    def map_shapes(self, input_size: Sequence[int] | None = None) -> list[tuple[int, tuple[int, int, int]]]:
+        size = self.input_size if input_size is None else tuple(int(s) for s in input_size)
+        shapes, total = [], 1
+        for channels, stride in zip(self.network.encoder.output_channels, self.network.encoder.strides):
+            total *= int(stride[0] if isinstance(stride, (list, tuple)) else stride)
+            shapes.append((int(channels), tuple(int(s) // total for s in size)))
+        return shapes  # type: ignore[return-value]
+
+    def decode(self, features: Features) -> torch.Tensor:
+        self._require_reconstruction()
+        prediction = self.network.decoder(features.maps)
+        return prediction[0] if isinstance(prediction, (list, tuple)) else prediction
+
+    def sparse(self, mask: UnitMask) -> SparseEncoding:
+        """The masked-forward context of the encoder (:class:`nnssl.backbones.sparse.SparseEncoding`)."""
+        return SparseEncoding(self.network.encoder, mask)
+
+    def encode_sparse(self, x: torch.Tensor, mask: UnitMask) -> Features:
+        hidden = x * (1.0 - mask.voxels()).to(x.dtype)
+        with self.sparse(mask) as context:
+            features = self._features(self.network.encoder(hidden))
+        features.active = [
+            a if a is not None else m.new_ones((m.shape[0], 1, *m.shape[2:]))
+            for m, a in ((m, context.active(m.shape[2:])) for m in features.maps)
+        ]
+        return features

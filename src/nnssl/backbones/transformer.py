@@ -18,6 +18,9 @@ encoder ``eva`` (learned ``pos_embed`` + RoPE), a ``PatchDecode`` ``up_projectio
   encoder accepts is allowed (``pos_embed`` resampled, RoPE rebuilt, in the light decoder too: PCRLv2's local
   crops). ``scales=True`` also returns the decoded token grid and every ``PatchDecode`` stage before the output
   layer (coarsest first).
+* ``decode(features)``: the light decoder (none with ``decoder_depth=0``) and ``up_projection`` on the token grid of
+  ``encode(x, mask)`` (SimMIM: every token encoded, masked ones as the mask token, ``PatchDecode`` only).
+* ``encode_sparse``: refused (sparse convolution is a CNN operation; SparK is CNN-only).
 * ``context_decoder(depth)``: Eva blocks over the full token sequence (AlignedMAE's feature decoder).
 * frozen unless built with ``reconstruction=True``: ``up_projection``.
 """
@@ -172,3 +175,16 @@ class TransformerBackbone(Backbone):
 
     def context_decoder(self, depth: int) -> nn.Module:
         return TokenContextDecoder(self.feature_dim, depth, self.num_heads, self.grid)
+
+    def map_shapes(self, input_size: Sequence[int] | None = None) -> list[tuple[int, tuple[int, int, int]]]:
+        size = self.input_size if input_size is None else tuple(int(s) for s in input_size)
+        return [(self.feature_dim, tuple(int(s) // self.token_size for s in size))]  # type: ignore[list-item]
+
+    def decode(self, features: Features) -> torch.Tensor:
+        self._require_reconstruction()
+        grid = tuple(int(g) for g in features.maps[0].shape[2:])
+        if grid != self.grid:
+            raise ValueError(f"decode needs the token grid {self.grid} this backbone was built for; got {grid}.")
+        tokens = flatten_tokens(features.maps[0])
+        decoded = tokens if self.decoder is None else self.decoder(tokens)[0]
+        return self.network.up_projection(unflatten_tokens(decoded, self.grid))

@@ -8,6 +8,8 @@ from nnssl.methods import (
     dino,  # noqa: F401
     mae,  # noqa: F401
     simclr,  # noqa: F401
+    simmim,  # noqa: F401
+    spark,  # noqa: F401
     voco,  # noqa: F401
 )
 from nnssl.methods.registry import METHODS
