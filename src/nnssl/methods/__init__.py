@@ -6,6 +6,7 @@ Methods of other installed packages register through the ``nnssl.methods`` entry
 from nnssl.methods import (
     aligned_mae,  # noqa: F401
     dino,  # noqa: F401
+    gvsl,  # noqa: F401
     mae,  # noqa: F401
     simclr,  # noqa: F401
     simmim,  # noqa: F401
