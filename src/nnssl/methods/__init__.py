@@ -8,6 +8,7 @@ from nnssl.methods import (
     dino,  # noqa: F401
     gvsl,  # noqa: F401
     mae,  # noqa: F401
+    models_genesis,  # noqa: F401
     simclr,  # noqa: F401
     simmim,  # noqa: F401
     spark,  # noqa: F401
