@@ -13,6 +13,7 @@ from nnssl.methods import (
     simmim,  # noqa: F401
     spark,  # noqa: F401
     voco,  # noqa: F401
+    volume_fusion,  # noqa: F401
 )
 from nnssl.methods.registry import METHODS
 
