@@ -9,6 +9,7 @@ from nnssl.methods import (
     gvsl,  # noqa: F401
     mae,  # noqa: F401
     models_genesis,  # noqa: F401
+    pcrlv2,  # noqa: F401
     simclr,  # noqa: F401
     simmim,  # noqa: F401
     spark,  # noqa: F401
