@@ -13,6 +13,7 @@ from nnssl.methods import (
     simclr,  # noqa: F401
     simmim,  # noqa: F401
     spark,  # noqa: F401
+    swin_unetr,  # noqa: F401
     voco,  # noqa: F401
     volume_fusion,  # noqa: F401
 )
