@@ -22,8 +22,10 @@ import numpy as np
 
 #: class value -> (class name, AAL region-name prefixes)
 LOBES: dict[int, tuple[str, tuple[str, ...]]] = {
-    1: ("frontal", ("Precentral", "Frontal_", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus",
-                    "Paracentral_Lobule")),
+    1: (
+        "frontal",
+        ("Precentral", "Frontal_", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus", "Paracentral_Lobule"),
+    ),
     2: ("parietal", ("Postcentral", "Parietal_", "SupraMarginal", "Angular", "Precuneus")),
     3: ("temporal", ("Temporal_", "Heschl", "Fusiform", "Hippocampus", "ParaHippocampal", "Amygdala")),
     4: ("occipital", ("Calcarine", "Cuneus", "Lingual", "Occipital_")),

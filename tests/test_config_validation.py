@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from nnssl.cli.train import main
-from nnssl.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig
+from nnssl.config import ConfigError, DataConfig, EvalConfig, OptimConfig, RunConfig, TrainConfig
 from nnssl.methods import METHODS
 from nnssl.presets import PRESETS, resolve_config
 
@@ -22,7 +22,7 @@ BAD_METHOD_VALUES = {
 
 
 def test_every_configuration_class_has_a_validate_hook() -> None:
-    for cls in (TrainConfig, OptimConfig, DataConfig, RunConfig):
+    for cls in (TrainConfig, OptimConfig, DataConfig, EvalConfig, RunConfig):
         assert callable(getattr(cls, "validate", None)), cls
     shipped = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("nnssl.")}  # not test methods
     assert set(BAD_METHOD_VALUES) == shipped
@@ -56,6 +56,7 @@ def test_each_method_config_refuses_a_bad_value(method: str) -> None:
         ("VoCoTrainer", "train.patch_size=64,64,64", "a whole number of method.crop_size=(64, 64, 64) crops"),
         ("BaseMAETrainer", "train.trackers=tensorbard", "'train.trackers' = ('tensorbard',) is not allowed"),
         ("BaseMAETrainer", "data.filters=iqs<2", "'data.filters': 'iqs<2' is not a filter"),
+        ("BaseMAETrainer", "eval.overlap=1", "'eval.overlap' = 1.0 is not allowed: it must be in [0, 1)"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(preset: str, override: str, expected: str) -> None:

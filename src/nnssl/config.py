@@ -94,7 +94,8 @@ class TrainConfig:
     ``compile`` wraps the model in ``torch.compile`` (upstream's ``nnUNet_compile``). ``save_checkpoints=False``
     writes no checkpoint at all (upstream's ``--disable_checkpointing``). ``trackers`` adds TensorBoard and/or
     Weights & Biases sinks to ``metrics.jsonl`` (optional extras ``nnssl[tensorboard]``, ``nnssl[wandb]``);
-    ``wandb_mode`` is ``offline`` unless set otherwise.
+    ``wandb_mode`` is ``offline`` unless set otherwise. ``eval_every_n_epochs`` > 0 probes a frozen copy of the
+    backbone on the ``eval`` section's labelled set every that many epochs and after the last (0: never).
     """
 
     batch_size: int = 2
@@ -113,6 +114,7 @@ class TrainConfig:
     trackers: tuple[str, ...] = ()
     wandb_project: str = "nnssl"
     wandb_mode: str = "offline"
+    eval_every_n_epochs: int = 0
 
     def validate(self, run: RunConfig) -> None:
         """Ranges and choices of the loop settings."""
@@ -148,6 +150,12 @@ class TrainConfig:
             f"empty or distinct names from {', '.join(TRACKERS)}",
         )
         require(self.wandb_mode in WANDB_MODES, "train.wandb_mode", self.wandb_mode, f"one of {', '.join(WANDB_MODES)}")
+        require(
+            self.eval_every_n_epochs >= 0,
+            "train.eval_every_n_epochs",
+            self.eval_every_n_epochs,
+            ">= 0 (0: no evaluation during pre-training)",
+        )
 
 
 @dataclass
@@ -270,6 +278,60 @@ class DataConfig:
                 raise ConfigError(f"'data.filters': {err}") from None
 
 
+#: Scores that ``eval.select_best_by`` may name besides the validation loss (higher is better).
+EVAL_SCORES = ("probe/mean_dice",)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during pre-training (runs when ``train.eval_every_n_epochs`` > 0; documentation/evaluation.md).
+
+    ``set``: the labelled evaluation-set JSON (``demo``: the set shipped with nnssl). The dense linear probe of
+    :mod:`nnssl.evaluation` runs on rank 0 on a frozen copy of the backbone, with features by sliding window
+    (``overlap``, ``window_batch`` windows per pass, encoder ``stages``; empty: the native dense stage) and
+    ``max_voxels`` training voxels. ``select_best_by``: what ``checkpoint_best.pth`` is chosen by, ``val_loss``
+    (lowest) or a score of :data:`EVAL_SCORES` (highest).
+    """
+
+    set: str = ""
+    select_best_by: str = "val_loss"
+    overlap: float = 0.25
+    window_batch: int = 2
+    stages: tuple[int, ...] = ()
+    max_voxels: int = 50_000
+
+    def validate(self, run: RunConfig) -> None:
+        """Choices and ranges; a set is required when evaluation is on or a score selects the best checkpoint."""
+        choices = ("val_loss", *EVAL_SCORES)
+        require(
+            self.select_best_by in choices, "eval.select_best_by", self.select_best_by, f"one of {', '.join(choices)}"
+        )
+        require(0.0 <= self.overlap < 1.0, "eval.overlap", self.overlap, "in [0, 1)")
+        require(self.window_batch >= 1, "eval.window_batch", self.window_batch, ">= 1")
+        require(self.max_voxels >= 100, "eval.max_voxels", self.max_voxels, ">= 100")
+        require(all(s >= 0 for s in self.stages), "eval.stages", self.stages, "stage indices >= 0")
+        evaluating = run.train.eval_every_n_epochs > 0
+        require(
+            bool(self.set) or not evaluating,
+            "eval.set",
+            self.set,
+            "an evaluation-set JSON (or 'demo') when train.eval_every_n_epochs > 0",
+        )
+        if evaluating and self.set:
+            from nnssl.evaluation.eval_set import EvalSetError, load_eval_set
+
+            try:
+                load_eval_set(self.set)
+            except EvalSetError as err:
+                raise ConfigError(f"'eval.set' = {self.set!r} cannot be used: {err}") from None
+        require(
+            self.select_best_by == "val_loss" or evaluating,
+            "eval.select_best_by",
+            self.select_best_by,
+            "val_loss unless train.eval_every_n_epochs > 0 (a score needs the evaluation to run)",
+        )
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs besides the data: written to the run folder and into checkpoints."""
@@ -280,6 +342,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     method_cfg: Any = None
 
     def validate(self) -> None:
@@ -287,6 +350,7 @@ class RunConfig:
         self.train.validate(self)
         self.optim.validate(self)
         self.data.validate(self)
+        self.eval.validate(self)
         hook = getattr(self.method_cfg, "validate", None)
         if callable(hook):
             hook(self)

@@ -20,7 +20,7 @@ from typing import Any
 
 from nnssl.config import ConfigError, RunConfig
 
-SECTIONS = ("train", "optim", "data", "method")
+SECTIONS = ("train", "optim", "data", "eval", "method")
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 _NONE = {"none", "null"}

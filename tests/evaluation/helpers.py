@@ -84,8 +84,9 @@ def synthetic_eval_set(folder: Path, shape=(40, 36, 32), num_train: int = 1) -> 
         write_nifti(image, folder / f"case{index}.nii.gz")
         write_nifti(label, folder / f"case{index}_label.nii.gz")
         split = "train" if index < num_train else "test"
-        cases.append({"id": f"case{index}", "image": f"case{index}.nii.gz", "label": f"case{index}_label.nii.gz",
-                      "split": split})
+        cases.append(
+            {"id": f"case{index}", "image": f"case{index}.nii.gz", "label": f"case{index}_label.nii.gz", "split": split}
+        )
     data = {"name": "blobs", "labels": {"background": 0, "bright": 1, "dark": 2}, "cases": cases}
     path = folder / "eval_set.json"
     path.write_text(json.dumps(data))

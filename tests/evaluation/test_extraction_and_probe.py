@@ -33,8 +33,20 @@ def test_extract_features_cli_writes_maps_embeddings_and_a_shared_pca(tmp_path, 
     synthetic_eval_set(tmp_path)
     out = tmp_path / "features"
     code = extract_main(
-        [str(checkpoint), "-i", str(tmp_path / "case0.nii.gz"), str(tmp_path / "case1.nii.gz"), "-o", str(out),
-         "--pca", "3", "--stages", "2,3", "-device", "cpu"]
+        [
+            str(checkpoint),
+            "-i",
+            str(tmp_path / "case0.nii.gz"),
+            str(tmp_path / "case1.nii.gz"),
+            "-o",
+            str(out),
+            "--pca",
+            "3",
+            "--stages",
+            "2,3",
+            "-device",
+            "cpu",
+        ]
     )
     assert code == 0
     summary = json.loads((out / "features.json").read_text())
@@ -54,8 +66,17 @@ def test_extract_features_cli_writes_maps_embeddings_and_a_shared_pca(tmp_path, 
 def test_extract_features_reports_a_bad_image_and_keeps_the_others(tmp_path, checkpoint):
     synthetic_eval_set(tmp_path)
     (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
-    code = extract_main([str(checkpoint), "-i", str(tmp_path / "case0.nii.gz"), str(tmp_path / "broken.nii.gz"),
-                         "-o", str(tmp_path / "out"), "--no_maps"])
+    code = extract_main(
+        [
+            str(checkpoint),
+            "-i",
+            str(tmp_path / "case0.nii.gz"),
+            str(tmp_path / "broken.nii.gz"),
+            "-o",
+            str(tmp_path / "out"),
+            "--no_maps",
+        ]
+    )
     summary = json.loads((tmp_path / "out" / "features.json").read_text())
     assert code == 2 and summary["images"] == ["case0"] and "broken" in summary["failures"]
 
@@ -63,8 +84,10 @@ def test_extract_features_reports_a_bad_image_and_keeps_the_others(tmp_path, che
 def test_probe_cli_compares_random_init_and_writes_scores(tmp_path, checkpoint, capsys):
     eval_set = synthetic_eval_set(tmp_path, num_train=2)
     out = tmp_path / "scores.json"
-    assert probe_main([str(checkpoint), "--eval_set", str(eval_set), "--random_init", "-o", str(out),
-                       "--stages", "0,1"]) == 0
+    assert (
+        probe_main([str(checkpoint), "--eval_set", str(eval_set), "--random_init", "-o", str(out), "--stages", "0,1"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "probe/dice_bright" in printed and "random init" in printed
     scores = json.loads(out.read_text())

@@ -251,6 +251,22 @@ def _load_strict(network: nn.Module, key: str, role: str, weights: Mapping[str, 
     target.load_state_dict(given, strict=True)
 
 
+def load_encoder_weights(
+    network: nn.Module, adaptation_plan: Mapping[str, Any], network_weights: Mapping[str, torch.Tensor]
+) -> None:
+    """Load the ``key_to_encoder`` and ``key_to_stem`` weights of ``network_weights`` strictly into ``network``.
+
+    What nnU-Net's fine-tuning transfers, and all that feature extraction needs (the decoder is not loaded). Keys of
+    a torch.compile / DDP wrapper (``_orig_mod.``, ``module.``) are accepted here.
+    """
+    weights = dict(network_weights)
+    for prefix in ("_orig_mod.", "module."):
+        if weights and all(k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix) :]: v for k, v in weights.items()}
+    _load_strict(network, adaptation_plan["key_to_encoder"], "key_to_encoder", weights)
+    _load_strict(network, adaptation_plan["key_to_stem"], "key_to_stem", weights)
+
+
 def verify_adaptation_plan(adaptation_plan: Mapping[str, Any], network_weights: Mapping[str, torch.Tensor]) -> None:
     """Raise RuntimeError unless ``network_weights`` transfer into the network the plan describes.
 
@@ -296,6 +312,7 @@ __all__ = [
     "PRESET_NAMES",
     "build_adaptation_plan",
     "build_downstream_network",
+    "load_encoder_weights",
     "locate_architecture_class",
     "pretrain_patch_size",
     "verify_adaptation_plan",

@@ -1,7 +1,9 @@
 """``nnssl_demo``: the whole pipeline on the shipped demo volumes, on the CPU, in a few minutes.
 
 collection (5 real MR/CT volumes) -> fingerprint -> plans -> blosc2 preprocessing (onemmiso) -> a short MAE
-pre-training with a CPU-sized preset. Everything goes under ``--output_dir``: the demo sets ``nnssl_raw``,
+pre-training with a CPU-sized preset, probed every few epochs on the shipped labelled set (brain lobes on two real
+T1w brains, documentation/evaluation.md), ending with a table of the probe's Dice per label for a random-init
+encoder beside the pre-trained one. Everything goes under ``--output_dir``: the demo sets ``nnssl_raw``,
 ``nnssl_preprocessed`` and ``nnssl_results`` to sub-folders of it for its own process and never touches
 folders that those variables name outside it. It ends by printing where the checkpoint and
 ``progress.png`` are. Run it again to continue: finished preprocessing is skipped, training starts anew
@@ -23,6 +25,8 @@ from nnssl.cli.train import STOP_EXIT_CODES, user_errors
 logger = logging.getLogger("nnssl.demo")
 
 CONFIGURATION = "onemmiso"
+#: Evaluation during the demo's pre-training (the presets keep it off; ``--no_eval`` drops it here too).
+DEMO_EVAL = ("train.eval_every_n_epochs=4", "eval.set=demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="training device (default cpu)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue the previous demo training")
+    parser.add_argument("--no_eval", action="store_true", help="skip the probe during and after pre-training (faster)")
     return parser
 
 
@@ -69,7 +74,7 @@ def run_demo(args: argparse.Namespace) -> Path:
             dataset=DEMO_DATASET_NAME,
             configuration=CONFIGURATION,
             preset=args.preset,
-            overrides=tuple(args.overrides),
+            overrides=(() if args.no_eval else DEMO_EVAL) + tuple(args.overrides),
             device=args.device,
             resume=args.resume,
             replace_previous_run=not args.resume,
@@ -96,8 +101,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = folder / "checkpoint_final.pth"
     if not checkpoint.is_file():
         checkpoint = folder / "checkpoint_latest.pth"
+    if not args.no_eval and checkpoint.is_file():
+        sys.stdout.write(probe_table(checkpoint, args.device) + "\n")
     sys.stdout.write(f"checkpoint: {checkpoint}\nprogress plot: {folder / 'progress.png'}\n")
     return 0
+
+
+def probe_table(checkpoint: Path, device: str) -> str:
+    """The dense probe on the shipped labelled set: a random-init encoder beside the demo's pre-trained one."""
+    from nnssl.config import EvalConfig
+    from nnssl.evaluation.api import FeatureSettings, evaluate_encoder, format_report, prepare_eval_set
+    from nnssl.evaluation.encoder import FrozenEncoder
+    from nnssl.evaluation.eval_set import load_eval_set
+
+    settings = EvalConfig()
+    eval_set = load_eval_set("demo")
+    encoders = {
+        "random init": FrozenEncoder.from_checkpoint(checkpoint, device, random_init_seed=0),
+        "pre-trained": FrozenEncoder.from_checkpoint(checkpoint, device),
+    }
+    prepared = prepare_eval_set(eval_set, encoders["pre-trained"].adaptation_plan)
+    features = FeatureSettings(overlap=settings.overlap, window_batch=settings.window_batch)
+    reports = {
+        name: evaluate_encoder(encoder, eval_set, prepared, features, max_voxels=settings.max_voxels)
+        for name, encoder in encoders.items()
+    }
+    heading = f"Dense linear probe on '{eval_set.name}' (train: icbm152, test: colin27; Dice on the test brain):"
+    return heading + "\n" + format_report(reports)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a frozen pre-trained encoder.",
     )
     parser.add_argument("checkpoint", help="checkpoint or export with network_weights + nnssl_adaptation_plan")
-    parser.add_argument("-i", dest="inputs", nargs="+", required=True, help="image files, folders or pretrain_data.json")
+    parser.add_argument(
+        "-i", dest="inputs", nargs="+", required=True, help="image files, folders or pretrain_data.json"
+    )
     parser.add_argument("-o", dest="output", required=True, help="output folder")
     parser.add_argument("--pca", type=int, default=0, metavar="K", help="also write a PCA to K channels (one basis)")
     parser.add_argument("--no_maps", action="store_true", help="write embeddings (and PCA maps) only")

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, EvalSetError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
         sys.stderr.write(f"nnssl_probe: error: {err}\n")
         return 1
-    print(format_report(reports))
+    sys.stdout.write(format_report(reports) + "\n")
     if args.output:
         Path(args.output).write_text(json.dumps({n: r.to_dict() for n, r in reports.items()}, indent=2))
     return 0

@@ -496,6 +496,11 @@ def train_worker(ctx: DistContext, request: RunRequest) -> int | None:
             if cfg.train.val_iterations > 0 and val_images
             else None
         )
+        evaluator = None
+        if cfg.train.eval_every_n_epochs > 0 and ctx.is_main:
+            from nnssl.evaluation.during_training import TrainingEvaluator
+
+            evaluator = TrainingEvaluator(cfg.eval, adaptation_plan)
         trainer = Trainer(
             method,
             cfg,
@@ -505,6 +510,7 @@ def train_worker(ctx: DistContext, request: RunRequest) -> int | None:
             adaptation_plan,
             device=device,
             dist_ctx=ctx,
+            evaluator=evaluator,
         )
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)

@@ -40,6 +40,12 @@ RESUME_CHANGEABLE = (
     "train.wandb_project",
     "train.wandb_mode",
     "data.num_workers",
+    "train.eval_every_n_epochs",
+    "eval.set",
+    "eval.overlap",
+    "eval.window_batch",
+    "eval.stages",
+    "eval.max_voxels",
 )
 
 
@@ -64,7 +70,7 @@ def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
     """``{"train.batch_size": 2, "method.mask_ratio": 0.75, "preset": ...}`` from a configuration's JSON form."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if key in ("train", "optim", "data", "method_cfg") and isinstance(value, Mapping):
+        if key in ("train", "optim", "data", "eval", "method_cfg") and isinstance(value, Mapping):
             section = "method" if key == "method_cfg" else key
             flat.update({f"{section}.{k}": v for k, v in value.items()})
         else:

@@ -197,6 +197,7 @@ def _new_logs() -> dict[str, list]:
         "epoch_start_timestamps": [],
         "epoch_end_timestamps": [],
         "skipped_steps": [],
+        "probe_mean_dice": [],
     }
 
 
@@ -221,8 +222,10 @@ class Trainer:
         device: torch.device | str = "cpu",
         dist_ctx: DistContext | None = None,
         callbacks: Sequence[Callback] = (),
+        evaluator: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.evaluator = evaluator
         self.device = torch.device(device)
         self.dist = dist_ctx or DistContext()
         self.method = method.to(self.device)
@@ -267,6 +270,7 @@ class Trainer:
         self.current_epoch = 0
         self.global_step = 0
         self.best_val_loss = math.inf
+        self.best_eval_score = -math.inf
         self.logs = _new_logs()
         self.epoch_progress: dict[str, Any] = {}
         self.consecutive_nonfinite = 0
@@ -441,6 +445,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "logging": {k: list(v) for k, v in self.logs.items()},
             "best_val_loss": float(self.best_val_loss),
+            "best_eval_score": float(self.best_eval_score),
             "trainer_name": self.cfg.preset,
             "precision": self.precision,
         }
@@ -486,6 +491,7 @@ class Trainer:
         self.current_epoch = int(checkpoint["current_epoch"])
         self.global_step = int(checkpoint.get("global_step", self.current_epoch * self.cfg.train.iterations_per_epoch))
         self.best_val_loss = float(checkpoint.get("best_val_loss", math.inf))
+        self.best_eval_score = float(checkpoint.get("best_eval_score", -math.inf))
         self.logs = _new_logs()
         self.logs.update({k: list(v) for k, v in checkpoint.get("logging", {}).items()})
         self.epoch_progress = dict(checkpoint.get("epoch_progress") or {})
@@ -626,6 +632,21 @@ class Trainer:
             seconds / max(1, iteration - self._epoch_start_iteration),
         )
 
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Probe scores of this epoch on rank 0 when ``train.eval_every_n_epochs`` says so (else ``{}``).
+
+        A failing evaluation is logged and skipped: it must never stop the pre-training it measures.
+        """
+        every = int(self.cfg.train.eval_every_n_epochs)
+        due = every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.num_epochs)
+        if not (due and self.evaluator is not None and self.dist.is_main):
+            return {}
+        try:
+            return dict(self.evaluator.evaluate(self.method.backbone()))
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            logger.warning("Evaluation at epoch %d failed and was skipped: %s: %s", epoch, type(err).__name__, err)
+            return {}
+
     def _end_epoch(
         self, progress: dict[str, Any], val_loss: float | None, seconds: float, metrics: MetricsStream | None
     ) -> None:
@@ -660,14 +681,25 @@ class Trainer:
             seconds,
             progress["skipped"],
         )
+        scores = self._evaluate(epoch)
+        record.update(scores)
+        self.logs["probe_mean_dice"].append(scores.get("probe/mean_dice"))
         self.current_epoch += 1
         self.epoch_progress = {}
-        improved = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best_val_loss
-        if improved:
+        improved_loss = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best_val_loss
+        if improved_loss:
             self.best_val_loss = val_loss
+        select = self.cfg.eval.select_best_by
+        score = scores.get(select)
+        improved_score = score is not None and math.isfinite(score) and score > self.best_eval_score
+        if improved_score:
+            self.best_eval_score = float(score)
         if self.dist.is_main:
-            if improved:
+            if select == "val_loss" and improved_loss:
                 logger.info("New best validation loss %.5f.", val_loss)
+                self.save_checkpoint("checkpoint_best.pth")
+            elif select != "val_loss" and improved_score:
+                logger.info("New best %s %.5f.", select, score)
                 self.save_checkpoint("checkpoint_best.pth")
             if (
                 self.current_epoch % self.cfg.train.save_every_epochs == 0

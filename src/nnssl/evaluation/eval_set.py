@@ -87,12 +87,16 @@ class EvalSet:
 
     @property
     def has_dense_task(self) -> bool:
-        return bool(self.labels) and bool(self.split("train", labelled=True)) and bool(self.split("test", labelled=True))
+        return (
+            bool(self.labels) and bool(self.split("train", labelled=True)) and bool(self.split("test", labelled=True))
+        )
 
     @property
     def has_classification_task(self) -> bool:
-        return bool(self.classes) and bool(self.split("train", classified=True)) and bool(
-            self.split("test", classified=True)
+        return (
+            bool(self.classes)
+            and bool(self.split("train", classified=True))
+            and bool(self.split("test", classified=True))
         )
 
 
@@ -154,7 +158,7 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
     labels_raw = data.get("labels", {})
     labels: dict[str, int] = {}
     if not isinstance(labels_raw, Mapping):
-        problems.append("labels: must be an object name -> integer value, e.g. {\"background\": 0, \"tumor\": 1}")
+        problems.append('labels: must be an object name -> integer value, e.g. {"background": 0, "tumor": 1}')
     else:
         for name, value in labels_raw.items():
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
@@ -162,7 +166,7 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
             else:
                 labels[str(name)] = int(value)
         if labels and 0 not in labels.values():
-            problems.append("labels: no entry has value 0 (the background); add e.g. \"background\": 0")
+            problems.append('labels: no entry has value 0 (the background); add e.g. "background": 0')
         if len(set(labels.values())) != len(labels):
             problems.append(f"labels: values repeat ({sorted(labels.values())}); each class needs its own value")
     classes_raw = data.get("classes", [])

@@ -122,9 +122,7 @@ def prepare_image(
     transpose = [int(a) for a in (plan.get("transpose_forward") or [0, 1, 2])]
     affine = preprocessed_affine(canonical_affine(properties), props, transpose)
     label_out = out_masks["label"][0].astype(np.int16) if "label" in out_masks else None
-    return PreparedImage(
-        name=name or image_name(path), data=out, affine=affine, label=label_out, properties=props
-    )
+    return PreparedImage(name=name or image_name(path), data=out, affine=affine, label=label_out, properties=props)
 
 
 def image_name(path: str | os.PathLike[str]) -> str:

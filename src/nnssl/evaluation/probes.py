@@ -57,7 +57,9 @@ def fit_logistic_regression(
 ) -> LinearProbe:
     """Multinomial logistic regression on (N, C) features and (N,) integer targets (full-batch L-BFGS, float32)."""
     if features.ndim != 2 or features.shape[0] != targets.shape[0] or features.shape[0] == 0:
-        raise ValueError(f"features (N, C) and targets (N,) must match and be non-empty: {features.shape}, {targets.shape}")
+        raise ValueError(
+            f"features (N, C) and targets (N,) must match and be non-empty: {features.shape}, {targets.shape}"
+        )
     x = features.float()
     mean = x.mean(0)
     std = x.std(0, unbiased=False).clamp_min(1e-6)
@@ -107,9 +109,7 @@ def sample_voxels(label: np.ndarray, num_classes: int, max_voxels: int, generato
         raise ValueError("the label map holds none of the probe's classes")
     index = torch.cat(picked)
     shape = label.shape
-    return torch.stack(
-        [index // (shape[1] * shape[2]), (index // shape[2]) % shape[1], index % shape[2]], dim=1
-    )
+    return torch.stack([index // (shape[1] * shape[2]), (index // shape[2]) % shape[1], index % shape[2]], dim=1)
 
 
 def predict_labels(probe: LinearProbe, dense: torch.Tensor, stride: int, shape: Sequence[int]) -> np.ndarray:
