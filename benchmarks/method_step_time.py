@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/method_step_time.py SparkMAETrainer EffSparkMAETrainer BaseMAETrainer
     python benchmarks/method_step_time.py SimMIMEvaTrainer --patch 64 --batch 2 --repeats 3 --device cpu
+    python benchmarks/method_step_time.py PCRLv2Trainer --set PCRLv2Trainer:method.global_size=64,64,64 ...
 
 For every preset: its resolved configuration with ``train.patch_size`` set to ``--patch`` (64^3 by default) and
 ``train.batch_size`` to ``--batch`` (2), the method built on the preset's architecture (ResEnc-L, Primus-M, ...), the
@@ -48,8 +49,9 @@ def make_batch(method, patch: tuple[int, int, int], batch: int, seed: int) -> di
 class Runner:
     """One preset's method, optimizer and loop settings at ``patch``^3 with ``batch`` samples."""
 
-    def __init__(self, preset: str, patch: int, batch: int, device: str) -> None:
-        cfg = resolve_config(preset, [f"train.patch_size={patch},{patch},{patch}", f"train.batch_size={batch}"])
+    def __init__(self, preset: str, patch: int, batch: int, device: str, extra: tuple[str, ...] = ()) -> None:
+        base = [f"train.patch_size={patch},{patch},{patch}", f"train.batch_size={batch}"]
+        cfg = resolve_config(preset, [*base, *extra])
         torch.manual_seed(0)
         self.cfg, self.device, self.batch = cfg, device, batch
         self.method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
@@ -87,12 +89,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up (default 3)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PRESET:KEY=VALUE",
+        help="an extra override for one preset, e.g. PCRLv2Trainer:method.global_size=64,64,64 (repeatable): view "
+        "sizes that must shrink with the patch",
+    )
     args = parser.parse_args()
+    extra: dict[str, list[str]] = {}
+    for item in args.set:
+        preset, _, override = item.partition(":")
+        extra.setdefault(preset, []).append(override)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     runners: dict[str, Runner] = {}
     for preset in args.presets:
         try:
-            runners[preset] = Runner(preset, args.patch, args.batch, args.device)
+            runners[preset] = Runner(preset, args.patch, args.batch, args.device, tuple(extra.get(preset, ())))
         except (ConfigError, ValueError) as err:
             print(f"{preset:40s} skipped: {err}")
     times: dict[str, list[float]] = {name: [] for name in runners}
