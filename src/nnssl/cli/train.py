@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--disable_checkpointing", action="store_true", help="write no checkpoint (train.save_checkpoints=false)"
     )
     parser.add_argument("--npz", action="store_true", help="accepted for upstream scripts; has no effect here")
-    parser.add_argument("--list", action="store_true", help="list the presets and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="list the presets, then every method by backbone family, and exit"
+    )
     return parser
 
 
@@ -101,11 +103,39 @@ def format_preset_list() -> str:
     return "\n".join(" ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows) + "\n"
 
 
+def format_method_table() -> str:
+    """One line per method: its full-size presets (upstream trainer names, variants ``<name>_...`` left out) on the
+    CNN (ResEnc-L) and the transformer (Primus-M), and its CPU demo presets; ``-`` where a family has none."""
+    from nnssl.architectures import ARCHITECTURES
+
+    by_method: dict[str, dict[str, list[str]]] = {}
+    for name, method, arch, _ in preset_table():
+        spec = ARCHITECTURES.get(arch)
+        column = "demo" if spec.tiny else spec.family
+        by_method.setdefault(method, {"cnn": [], "transformer": [], "demo": []})[column].append(name)
+
+    def base_names(names: list[str]) -> str:
+        bases = [n for n in names if not any(n.startswith(other + "_") for other in names if other != n)]
+        return ", ".join(sorted(bases)) if bases else "- (none)"
+
+    rows = [("method", "CNN (ResEnc-L)", "transformer (Primus-M)", "demo (CPU)")]
+    for method in sorted(by_method):
+        columns = by_method[method]
+        transformer = base_names(columns["transformer"])
+        if not columns["transformer"] and columns["cnn"]:
+            transformer = "- (CNN-only method)"
+        rows.append((method, base_names(columns["cnn"]), transformer, ", ".join(sorted(columns["demo"])) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(" ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
         sys.stdout.write(format_preset_list())
+        sys.stdout.write("\nMethods by backbone family (variants <name>_... omitted; documentation/methods.md):\n")
+        sys.stdout.write(format_method_table())
         return 0
     if args.dataset_name_or_id is None or args.configuration is None:
         parser.error("DATASET and CONFIGURATION are required (or use --list).")

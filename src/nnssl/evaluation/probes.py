@@ -53,7 +53,7 @@ def fit_logistic_regression(
     targets: torch.Tensor,
     num_classes: int,
     l2: float = 1e-4,
-    max_iter: int = 200,
+    max_iter: int = 100,
 ) -> LinearProbe:
     """Multinomial logistic regression on (N, C) features and (N,) integer targets (full-batch L-BFGS, float32)."""
     if features.ndim != 2 or features.shape[0] != targets.shape[0] or features.shape[0] == 0:
