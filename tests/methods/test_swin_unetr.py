@@ -114,7 +114,9 @@ def test_forward_is_the_sum_of_rotation_ce_shared_nt_xent_and_in_painting_l1(reg
         torch.manual_seed(7)
         corrupted, cut, _ = inner_cutout(clean, method.cfg)
         rec = method.net.reconstruct(corrupted)
-        pooled = rec.features.pooled()
+        pooled = method.head_norm(rec.features.pooled())
+        # standardised over the batch's views: the common component of the pooled features is gone
+        torch.testing.assert_close(pooled.mean(0), torch.zeros(pooled.shape[1]), atol=1e-5, rtol=0)
         labels = torch.cat([batch["rotations"][:, 0], batch["rotations"][:, 1]])
         rot = torch.nn.functional.cross_entropy(method.rotation_head(pooled), labels)
         z = method.contrast_head(pooled)

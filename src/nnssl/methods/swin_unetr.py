@@ -14,8 +14,10 @@ i.e. noise in the z-scored domain (upstream min-max scales its noise to [0, 1]),
 is another case's, a second round of boxes copies that case's voxels. ``C`` marks every replaced voxel.
 
 Network: the backbone's whole-input reconstruction of the cut-out views (ResEnc U-Net; Primus: encoder tokens
-straight into ``PatchDecode``) and the pooled features of that pass feed two linear heads, rotation (4 classes)
-and contrastive (``contrast_dim``, 512).
+straight into ``PatchDecode``) and the pooled features of that pass, standardised over the (global) batch without
+running statistics (``head_norm``), feed two linear heads, rotation (4 classes) and contrastive (``contrast_dim``,
+512). The pooled features of instance-normalised CNN stages differ by a few percent between samples
+(documentation/dino.md); unstandardised, every embedding points the same way and NT-Xent sits at ``ln(2B - 1)``.
 
 Loss, weights 1/1/1 as upstream:
 
@@ -39,6 +41,7 @@ from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.backbones import build_backbone
 from nnssl.losses.contrastive import nt_xent
 from nnssl.methods.base import Sample, SSLMethod, StepOutput, Transform
+from nnssl.methods.heads import NORMS, make_norm
 from nnssl.methods.registry import METHODS
 
 REGIONS = ("cutout", "all")
@@ -52,7 +55,9 @@ class SwinUNETRConfig:
     ``max_drop``: each cut-out round covers ``U(0, max_drop)`` of the volume (0.3). ``max_box_fraction`` /
     ``min_box_fraction``: box sides per axis as fractions of the patch side (0.25, and at least 0.05 or 1 voxel).
     ``cross_sample``: the second round with another case's voxels. ``temperature``, ``contrast_dim``: NT-Xent and
-    its head. ``*_weight``: the three terms. ``reconstruction_region``: ``"cutout"`` (L1 over replaced voxels) or
+    its head. ``head_norm``: normalisation of the pooled features before both heads (one of
+    :data:`nnssl.methods.heads.NORMS`; ``batch_no_stats``: batch statistics over every rank, also in eval mode).
+    ``*_weight``: the three terms. ``reconstruction_region``: ``"cutout"`` (L1 over replaced voxels) or
     ``"all"`` (upstream: L1 over every voxel). ``decoder_depth``: Eva blocks between encoder and ``PatchDecode`` on
     transformers (0: upstream's convolutional up-sampling head directly on the tokens).
     """
@@ -64,6 +69,7 @@ class SwinUNETRConfig:
     cross_sample: bool = True
     temperature: float = 0.5
     contrast_dim: int = 512
+    head_norm: str = "batch_no_stats"
     rotation_weight: float = 1.0
     contrast_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -98,6 +104,9 @@ class SwinUNETRConfig:
         )
         require(self.temperature > 0, "method.temperature", self.temperature, "> 0")
         require(self.contrast_dim >= 1, "method.contrast_dim", self.contrast_dim, ">= 1")
+        require(
+            self.head_norm in NORMS or self.head_norm == "none", "method.head_norm", self.head_norm, f"one of {NORMS}"
+        )
         for key in ("rotation_weight", "contrast_weight", "reconstruction_weight"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), ">= 0")
         require(
@@ -207,6 +216,7 @@ class SwinUNETRPretext(SSLMethod):
         self.net = build_backbone(
             arch, in_channels, patch_size, reconstruction=True, decoder_depth=cfg.decoder_depth, mask_token=False
         )
+        self.head_norm = make_norm(cfg.head_norm, self.net.feature_dim)
         self.rotation_head = nn.Linear(self.net.feature_dim, 4)
         self.contrast_head = nn.Linear(self.net.feature_dim, cfg.contrast_dim)
 
@@ -226,7 +236,7 @@ class SwinUNETRPretext(SSLMethod):
         labels = torch.cat([turns[:, 0], turns[:, 1]])
         corrupted, cut, _ = inner_cutout(clean, self.cfg)
         out = self.net.reconstruct(corrupted)
-        pooled = out.features.pooled()
+        pooled = self.head_norm(out.features.pooled())
         logits = self.rotation_head(pooled).float()
         loss_rot = nn.functional.cross_entropy(logits, labels)
         embeddings = self.contrast_head(pooled)
