@@ -6,8 +6,8 @@ Measured with the presets as registered (seed 12345, 2 heavily shared CPU cores)
 
 | preset                       | train loss     | ratio | val loss       |
 |------------------------------|----------------|-------|----------------|
-| DemoModelsGenesis_ResEncTiny | 1.570 -> 0.957 | 0.65  | 1.250 -> 0.933 |
-| DemoModelsGenesis_PrimusTiny | 1.902 -> 1.097 | 0.62  | 1.661 -> 1.114 |
+| DemoModelsGenesis_ResEncTiny | 1.527 -> 0.952 | 0.66  | 1.259 -> 0.923 |
+| DemoModelsGenesis_PrimusTiny | 1.895 -> 1.103 | 0.62  | 1.720 -> 1.170 |
 
 See documentation/models_genesis.md.
 """
