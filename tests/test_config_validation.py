@@ -18,6 +18,13 @@ BAD_METHOD_VALUES = {
     "DINO": ("DINOResEncTrainer", "method.ibot=true", "method.ibot"),
     "SimCLR": ("SimCLRTrainer", "method.min_overlap=2", "method.min_overlap"),
     "VoCo": ("VoCoTrainer", "method.num_targets=0", "method.num_targets"),
+    "SimMIM": ("SimMIMEvaTrainer", "method.mask_ratio=0", "method.mask_ratio"),
+    "SparK": ("SparkMAETrainer", "method.mask_ratio=1.5", "method.mask_ratio"),
+    "ModelsGenesis": ("ModelGenesisTrainer", "method.max_flips=-1", "method.max_flips"),
+    "VolumeFusion": ("VolumeFusionTrainer", "method.num_classes=1", "method.num_classes"),
+    "SwinUNETR": ("SwinUNETRTrainer", "method.max_drop=1.5", "method.max_drop"),
+    "GVSL": ("GVSLTrainer", "method.ncc_window=4", "method.ncc_window"),
+    "PCRLv2": ("PCRLv2Trainer", "method.min_iou=0", "method.min_iou"),
 }
 
 
