@@ -16,8 +16,13 @@ def test_list_prints_presets(capsys: pytest.CaptureFixture[str]) -> None:
     from nnssl.presets import PRESETS
 
     assert main(["--list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    presets_part, _, methods_part = capsys.readouterr().out.partition("\n\n")
+    lines = presets_part.splitlines()
     assert lines[0].split() == ["preset", "method", "architecture", "description"]
+    # then one line per method by backbone family, with upstream's names; SparK is CNN-only
+    method_rows = {line.split()[0]: line for line in methods_part.splitlines()[2:]}
+    assert "BaseMAETrainer" in method_rows["MAE"] and "BaseEvaMAETrainer" in method_rows["MAE"]
+    assert "SparkMAETrainer" in method_rows["SparK"] and "CNN-only" in method_rows["SparK"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert rows["BaseMAETrainer"][:2] == ["MAE", "ResEncL"]
     assert rows["BaseEvaMAETrainer_BS8"][:2] == ["MAE", "PrimusM"]
