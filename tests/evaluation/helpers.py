@@ -54,6 +54,10 @@ class PoolingBackbone(nn.Module):
         self.stride = stride
         self.scale = nn.Parameter(torch.ones(1))
 
+    def map_shapes(self, input_size):
+        grid = tuple(int(s) // self.stride for s in input_size)
+        return [(1, grid), (1, grid)]
+
     def encode(self, x: torch.Tensor) -> Features:
         m = torch.nn.functional.avg_pool3d(x, self.stride) * self.scale
         return Features(maps=[m, m * 2], native_grid=tuple(m.shape[2:]))

@@ -92,11 +92,10 @@ class FrozenEncoder:
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
         self.precision = precision
-        probe = self.features(torch.zeros(1, self.in_channels, *self.window))
-        self.channels = tuple(int(m.shape[1]) for m in probe)
-        self.strides = tuple(self.window[0] // int(m.shape[2]) for m in probe)
-        for m in probe:
-            grid = tuple(int(g) for g in m.shape[2:])
+        shapes = backbone.map_shapes(self.window)  # known without running the network
+        self.channels = tuple(int(channels) for channels, _ in shapes)
+        self.strides = tuple(self.window[0] // int(grid[0]) for _, grid in shapes)
+        for _, grid in shapes:
             if any(w % g for w, g in zip(self.window, grid)) or len({w // g for w, g in zip(self.window, grid)}) != 1:
                 raise ValueError(f"feature map {grid} does not tile the window {self.window} with one stride")
         self.family = backbone.family
