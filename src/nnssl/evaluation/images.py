@@ -100,8 +100,11 @@ def prepare_image(
     label_path: str | os.PathLike[str] | None = None,
     modality: str | None = None,
     name: str | None = None,
+    mask_path: str | os.PathLike[str] | None = None,
 ) -> PreparedImage:
-    """Read ``path`` (and ``label_path``) and preprocess it as the checkpoint's plan says; see the module docstring."""
+    """Read ``path`` (and ``label_path``) and preprocess it as the checkpoint's plan says; see the module docstring.
+    ``mask_path``: a mask on the image's grid; voxels where it is 0 are set to 0 first (e.g. skull stripping), so the
+    crop to the nonzero region and the normalisation see the masked image."""
     from nnssl.imageio import read_image
     from nnssl.imageio.reader import read_mask
     from nnssl.preprocessing.preprocess_case import preprocess_case
@@ -116,6 +119,14 @@ def prepare_image(
                 f"{tuple(data.shape[1:])}; a label map must lie on its image's voxel grid."
             )
         masks["label"] = label
+    if mask_path is not None:
+        mask, _ = read_mask(mask_path)
+        if tuple(mask.shape[1:]) != tuple(data.shape[1:]):
+            raise ValueError(
+                f"mask {mask_path} has shape {tuple(mask.shape[1:])} but image {path} has {tuple(data.shape[1:])}; "
+                "a mask must lie on its image's voxel grid."
+            )
+        data = np.where(mask[:1] > 0, data, 0).astype(data.dtype, copy=False)
     _, config = single_configuration(adaptation_plan)
     plan = adaptation_plan["pretrain_plan"]
     out, out_masks, props = preprocess_case(data, masks, properties, config, plan, modality=modality)
