@@ -279,7 +279,7 @@ class DataConfig:
 
 
 #: Scores that ``eval.select_best_by`` may name besides the validation loss (higher is better).
-EVAL_SCORES = ("probe/mean_dice",)
+EVAL_SCORES = ("probe/mean_dice", "registration/mean_dice")
 
 
 @dataclass
@@ -291,6 +291,11 @@ class EvalConfig:
     (``overlap``, ``window_batch`` windows per pass, encoder ``stages``; empty: the native dense stage) and
     ``max_voxels`` training voxels. ``select_best_by``: what ``checkpoint_best.pth`` is chosen by, ``val_loss``
     (lowest) or a score of :data:`EVAL_SCORES` (highest).
+
+    ``registration_set``: an evaluation-set JSON with ``pairs`` (``demo_registration``: the shipped pair); every pair
+    is registered with the backbone's features and ConvexAdam (:mod:`nnssl.registration`, documentation/
+    registration.md) and scored by the Dice of warped labels (``registration/mean_dice``). Its images are prepared
+    with the run's plan, at ``registration_spacing`` mm when > 0 (coarser is faster; 0: the plan's spacing).
     """
 
     set: str = ""
@@ -299,6 +304,8 @@ class EvalConfig:
     window_batch: int = 2
     stages: tuple[int, ...] = ()
     max_voxels: int = 50_000
+    registration_set: str = ""
+    registration_spacing: float = 0.0
 
     def validate(self, run: RunConfig) -> None:
         """Choices and ranges; a set is required when evaluation is on or a score selects the best checkpoint."""
@@ -310,20 +317,36 @@ class EvalConfig:
         require(self.window_batch >= 1, "eval.window_batch", self.window_batch, ">= 1")
         require(self.max_voxels >= 100, "eval.max_voxels", self.max_voxels, ">= 100")
         require(all(s >= 0 for s in self.stages), "eval.stages", self.stages, "stage indices >= 0")
+        require(self.registration_spacing >= 0, "eval.registration_spacing", self.registration_spacing, ">= 0 mm")
         evaluating = run.train.eval_every_n_epochs > 0
         require(
-            bool(self.set) or not evaluating,
+            bool(self.set or self.registration_set) or not evaluating,
             "eval.set",
             self.set,
-            "an evaluation-set JSON (or 'demo') when train.eval_every_n_epochs > 0",
+            "an evaluation-set JSON (or 'demo') when train.eval_every_n_epochs > 0 (or eval.registration_set)",
         )
-        if evaluating and self.set:
+        if evaluating:
             from nnssl.evaluation.eval_set import EvalSetError, load_eval_set
 
-            try:
-                load_eval_set(self.set)
-            except EvalSetError as err:
-                raise ConfigError(f"'eval.set' = {self.set!r} cannot be used: {err}") from None
+            for key, value in (("eval.set", self.set), ("eval.registration_set", self.registration_set)):
+                if not value:
+                    continue
+                try:
+                    loaded = load_eval_set(value)
+                except EvalSetError as err:
+                    raise ConfigError(f"'{key}' = {value!r} cannot be used: {err}") from None
+                require(
+                    key == "eval.set" or bool(loaded.pairs),
+                    key,
+                    value,
+                    "a set with 'pairs' to register (e.g. demo_registration)",
+                )
+        needed = {"probe/mean_dice": ("eval.set", self.set), "registration/mean_dice": (
+            "eval.registration_set", self.registration_set)}
+        if self.select_best_by in needed:
+            key, value = needed[self.select_best_by]
+            reason = f"set, because eval.select_best_by is {self.select_best_by}"
+            require(bool(value) or not evaluating, key, value, reason)
         require(
             self.select_best_by == "val_loss" or evaluating,
             "eval.select_best_by",

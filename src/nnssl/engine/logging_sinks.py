@@ -213,8 +213,8 @@ def _plottable(values: list) -> list[float]:
 
 
 def plot_progress(logs: dict[str, list], path: Path) -> None:
-    """Draw train/val loss (left axis), learning rate (right axis) and, when evaluated, the probe's mean Dice per epoch
-    into ``path``."""
+    """Draw train/val loss (left axis), learning rate (right axis) and, when evaluated, the probe's and the
+    registration's mean Dice per epoch into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,13 +232,21 @@ def plot_progress(logs: dict[str, list], path: Path) -> None:
     ax2.plot(epochs, _plottable(logs.get("lrs", [])), label="lr", color="C2", linestyle="--")
     ax2.set_ylabel("learning rate")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    dice = _plottable(logs.get("probe_mean_dice", []))
-    if any(math.isfinite(v) for v in dice):
+    curves = [
+        (_plottable(logs.get(key, [])), label, colour)
+        for key, label, colour in (
+            ("probe_mean_dice", "probe mean Dice", "C3"),
+            ("registration_mean_dice", "registration mean Dice", "C4"),
+        )
+    ]
+    curves = [c for c in curves if any(math.isfinite(v) for v in c[0])]
+    if curves:
         ax3 = ax.twinx()
         ax3.spines["right"].set_position(("axes", 1.18))
-        points = [(e, v) for e, v in zip(epochs, dice) if math.isfinite(v)]
-        ax3.plot([p[0] for p in points], [p[1] for p in points], "o-", label="probe mean Dice", color="C3")
-        ax3.set_ylabel("probe mean Dice")
+        for dice, label, colour in curves:
+            points = [(e, v) for e, v in zip(epochs, dice) if math.isfinite(v)]
+            ax3.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label, color=colour)
+        ax3.set_ylabel("mean Dice")
         handles += ax3.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()

@@ -46,6 +46,8 @@ RESUME_CHANGEABLE = (
     "eval.window_batch",
     "eval.stages",
     "eval.max_voxels",
+    "eval.registration_set",
+    "eval.registration_spacing",
 )
 
 

@@ -198,6 +198,7 @@ def _new_logs() -> dict[str, list]:
         "epoch_end_timestamps": [],
         "skipped_steps": [],
         "probe_mean_dice": [],
+        "registration_mean_dice": [],
     }
 
 
@@ -494,6 +495,9 @@ class Trainer:
         self.best_eval_score = float(checkpoint.get("best_eval_score", -math.inf))
         self.logs = _new_logs()
         self.logs.update({k: list(v) for k, v in checkpoint.get("logging", {}).items()})
+        for key in ("probe_mean_dice", "registration_mean_dice"):  # lists added after the checkpoint was written
+            missing = len(self.logs["train_losses"]) - len(self.logs[key])
+            self.logs[key] = [None] * max(0, missing) + self.logs[key]
         self.epoch_progress = dict(checkpoint.get("epoch_progress") or {})
         if checkpoint.get("rng_state"):
             restore_rng_state(checkpoint["rng_state"])
@@ -684,6 +688,7 @@ class Trainer:
         scores = self._evaluate(epoch)
         record.update(scores)
         self.logs["probe_mean_dice"].append(scores.get("probe/mean_dice"))
+        self.logs["registration_mean_dice"].append(scores.get("registration/mean_dice"))
         self.current_epoch += 1
         self.epoch_progress = {}
         improved_loss = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best_val_loss

@@ -86,7 +86,9 @@ def prepare_eval_set(eval_set: EvalSet, adaptation_plan: dict[str, Any]) -> dict
     """Every case of ``eval_set`` read and preprocessed as ``adaptation_plan`` says (labels carried along)."""
     prepared = {}
     for case in eval_set.cases:
-        prepared[case.id] = prepare_image(case.image, adaptation_plan, case.label, case.modality, name=case.id)
+        prepared[case.id] = prepare_image(
+            case.image, adaptation_plan, case.label, case.modality, name=case.id, mask_path=case.mask
+        )
     return prepared
 
 

@@ -11,15 +11,19 @@ Format (paths relative to the JSON file's folder, absolute, or with ``$nnssl_raw
         {"id": "icbm152", "image": "icbm152_t1.nii.gz", "label": "icbm152_lobes.nii.gz", "split": "train",
          "modality": "T1w", "class": "healthy"},
         {"id": "colin27", "image": "ch2bet.nii.gz", "label": "colin27_lobes.nii.gz", "split": "test"}
-      ]
+      ],
+      "pairs": [{"fixed": "colin27", "moving": "icbm152", "affine": false}]
     }
 
 ``labels`` (nnU-Net's dataset.json convention: name -> value, background 0) is needed for the dense probe;
 ``classes`` plus a ``class`` per case for the classification probes. ``split`` is ``train`` or ``test``; the dense
 probe trains on the labelled ``train`` cases and reports Dice per label on the labelled ``test`` cases.
-``modality`` selects the normalisation like in ``pretrain_data.json``. :func:`load_eval_set` checks everything
-(files exist, label maps on their image's grid, values among ``labels``) before any work and names each problem
-with its JSON location.
+``modality`` selects the normalisation like in ``pretrain_data.json``; ``mask`` (optional, on the image's grid) zeroes
+the image outside it before preprocessing (e.g. a brain mask). ``pairs`` (optional) name labelled cases to register
+(moving onto fixed, :mod:`nnssl.registration`; ``affine`` asks for an affine pre-alignment first): a set with pairs
+and no probe task is a registration set (documentation/registration.md); ``split`` may then be left out.
+:func:`load_eval_set` checks everything (files exist, label maps and masks on their image's grid, values among
+``labels``, pair ids) before any work and names each problem with its JSON location.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from typing import Any
 
 #: Name of the evaluation set shipped with nnssl (real volumes and label maps, NOTICE in the assets folder).
 DEMO_EVAL_SET = "demo"
+#: Name of the registration pair shipped with nnssl (two real brains with independent tissue labels).
+DEMO_REGISTRATION_SET = "demo_registration"
 SPLITS = ("train", "test")
 
 
@@ -55,6 +61,16 @@ class EvalCase:
     label: str | None = None
     modality: str | None = None
     cls: str | None = None
+    mask: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    """Register ``moving`` onto ``fixed`` (case ids), after an affine pre-alignment when ``affine``."""
+
+    fixed: str
+    moving: str
+    affine: bool = False
 
 
 @dataclass
@@ -66,6 +82,10 @@ class EvalSet:
     labels: dict[str, int] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     source: str = ""
+    pairs: list[EvalPair] = field(default_factory=list)
+
+    def case(self, case_id: str) -> EvalCase:
+        return next(c for c in self.cases if c.id == case_id)
 
     def split(self, which: str, labelled: bool = False, classified: bool = False) -> list[EvalCase]:
         return [
@@ -105,10 +125,18 @@ def demo_eval_set_path() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "demo" / "eval_set.json"
 
 
+def demo_registration_set_path() -> Path:
+    """The shipped registration pair (``nnssl/assets/demo/registration_set.json``)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "demo" / "registration_set.json"
+
+
 def resolve_eval_set_path(value: str | os.PathLike[str]) -> Path:
-    """``"demo"`` -> the shipped set; anything else is a path (variables and ``~`` expanded)."""
+    """``"demo"`` -> the shipped set, ``"demo_registration"`` -> the shipped pair; anything else is a path
+    (variables and ``~`` expanded)."""
     if str(value) == DEMO_EVAL_SET:
         return demo_eval_set_path()
+    if str(value) == DEMO_REGISTRATION_SET:
+        return demo_registration_set_path()
     return Path(os.path.expanduser(os.path.expandvars(str(value))))
 
 
@@ -152,9 +180,9 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
     base = Path(source).parent
     if not isinstance(data, Mapping):
         raise EvalSetError([f"the top level must be an object, found {type(data).__name__}"], source)
-    unknown = sorted(set(data) - {"name", "description", "labels", "classes", "cases"})
+    unknown = sorted(set(data) - {"name", "description", "labels", "classes", "cases", "pairs"})
     if unknown:
-        problems.append(f"unknown top-level keys {unknown} (allowed: name, description, labels, classes, cases)")
+        problems.append(f"unknown top-level keys {unknown} (allowed: name, description, labels, classes, cases, pairs)")
     labels_raw = data.get("labels", {})
     labels: dict[str, int] = {}
     if not isinstance(labels_raw, Mapping):
@@ -185,16 +213,16 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
         if not isinstance(case, Mapping):
             problems.append(f"{where}: must be an object")
             continue
-        extra = sorted(set(case) - {"id", "image", "label", "split", "modality", "class"})
+        extra = sorted(set(case) - {"id", "image", "label", "split", "modality", "class", "mask"})
         if extra:
-            problems.append(f"{where}: unknown keys {extra} (allowed: id, image, label, split, modality, class)")
+            problems.append(f"{where}: unknown keys {extra} (allowed: id, image, label, split, modality, class, mask)")
         case_id = str(case.get("id", ""))
         if not case_id:
             problems.append(f"{where}.id: missing")
         elif case_id in ids:
             problems.append(f"{where}.id: {case_id!r} is used twice")
         ids.add(case_id)
-        split = case.get("split")
+        split = case.get("split", "test" if "pairs" in data else None)
         if split not in SPLITS:
             problems.append(f"{where}.split: {split!r} must be one of {', '.join(SPLITS)}")
         image = case.get("image")
@@ -214,6 +242,14 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
                 problems.append(f"{where}.label: {label_path} does not exist")
             elif check_files and image_path.is_file():
                 _check_grid(image_path, label_path, where, problems)
+        mask = case.get("mask")
+        mask_path = None
+        if mask is not None:
+            mask_path = _resolve(base, str(mask))
+            if check_files and not mask_path.is_file():
+                problems.append(f"{where}.mask: {mask_path} does not exist")
+            elif check_files and image_path.is_file():
+                _check_grid(image_path, mask_path, f"{where}.mask", problems)
         cls = case.get("class")
         if cls is not None and cls not in classes:
             problems.append(f"{where}.class: {cls!r} is not among 'classes' {classes}")
@@ -225,27 +261,73 @@ def parse_eval_set(data: Any, source: str | os.PathLike[str], check_files: bool 
                 label=str(label_path) if label_path is not None else None,
                 modality=case.get("modality"),
                 cls=cls,
+                mask=str(mask_path) if mask_path is not None else None,
             )
         )
+    pairs = _parse_pairs(data.get("pairs", []), {c.id: c for c in cases}, problems)
     result = EvalSet(
-        name=str(data.get("name", Path(source).stem)), cases=cases, labels=labels, classes=classes, source=str(source)
+        name=str(data.get("name", Path(source).stem)),
+        cases=cases,
+        labels=labels,
+        classes=classes,
+        source=str(source),
+        pairs=pairs,
     )
-    if not problems and not (result.has_dense_task or result.has_classification_task):
+    if not problems and not (result.has_dense_task or result.has_classification_task or result.pairs):
         problems.append(
             "no task: the dense probe needs 'labels' and labelled cases in both splits (train and test); the "
-            "classification probes need 'classes' and cases with a 'class' in both splits"
+            "classification probes need 'classes' and cases with a 'class' in both splits; registration needs "
+            "'pairs' of labelled cases"
         )
     if problems:
         raise EvalSetError(problems, source)
     return result
 
 
+def _parse_pairs(raw: Any, cases: Mapping[str, EvalCase], problems: list[str]) -> list[EvalPair]:
+    """``pairs`` entries -> :class:`EvalPair` (both ids labelled cases of the set, different, booleans for affine)."""
+    if not isinstance(raw, list):
+        problems.append('pairs: must be a list of {"fixed": id, "moving": id[, "affine": true]}')
+        return []
+    pairs = []
+    for index, pair in enumerate(raw):
+        where = f"pairs[{index}]"
+        if not isinstance(pair, Mapping):
+            problems.append(f"{where}: must be an object {{fixed, moving[, affine]}}")
+            continue
+        extra = sorted(set(pair) - {"fixed", "moving", "affine"})
+        if extra:
+            problems.append(f"{where}: unknown keys {extra} (allowed: fixed, moving, affine)")
+        ok = True
+        for role in ("fixed", "moving"):
+            case_id = pair.get(role)
+            if case_id not in cases:
+                problems.append(f"{where}.{role}: {case_id!r} is not a case id (ids: {sorted(cases)})")
+                ok = False
+            elif not cases[case_id].label:
+                problems.append(f"{where}.{role}: case {case_id!r} has no label map (Dice needs one)")
+                ok = False
+        if ok and pair["fixed"] == pair["moving"]:
+            problems.append(f"{where}: fixed and moving are the same case {pair['fixed']!r}")
+            ok = False
+        affine = pair.get("affine", False)
+        if not isinstance(affine, bool):
+            problems.append(f"{where}.affine: {affine!r} must be true or false")
+            ok = False
+        if ok:
+            pairs.append(EvalPair(fixed=str(pair["fixed"]), moving=str(pair["moving"]), affine=affine))
+    return pairs
+
+
 __all__ = [
     "DEMO_EVAL_SET",
+    "DEMO_REGISTRATION_SET",
+    "EvalPair",
     "EvalCase",
     "EvalSet",
     "EvalSetError",
     "demo_eval_set_path",
+    "demo_registration_set_path",
     "load_eval_set",
     "parse_eval_set",
     "resolve_eval_set_path",

@@ -196,9 +196,11 @@ def register_prepared(
     feature_settings=None,
     label_names: Mapping[int, str] | None = None,
     device: torch.device | str = "cpu",
+    world_transform: np.ndarray | None = None,
 ) -> RegistrationResult:
     """Register two preprocessed images (steps 2-6 of the module docstring). ``encoder`` None means MIND-SSC;
-    otherwise a :class:`~nnssl.evaluation.encoder.FrozenEncoder` (features computed here unless given)."""
+    otherwise a :class:`~nnssl.evaluation.encoder.FrozenEncoder` (features computed here unless given).
+    ``world_transform``: a known pre-alignment (4x4 RAS, fixed -> moving world), used instead of computing one."""
     from nnssl.evaluation.api import FeatureSettings, features_of
 
     settings = settings or RegistrationSettings()
@@ -206,8 +208,8 @@ def register_prepared(
     names = dict(label_names or {})
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    world = np.eye(4)
-    if settings.affine:
+    world = np.eye(4) if world_transform is None else np.asarray(world_transform, dtype=np.float64)
+    if settings.affine and world_transform is None:
         world = affine_prealignment(fixed.data[0], fixed.affine, moving.data[0], moving.affine)
     seconds["affine"] = round(time.perf_counter() - started, 3)
     matrix = voxel_map(fixed.affine, moving.affine, world)
@@ -246,7 +248,8 @@ def register_prepared(
     }
     if explained:
         metrics["pca_explained_variance_ratio"] = explained
-    if settings.affine:
+    pre_aligned = settings.affine or world_transform is not None
+    if pre_aligned:
         metrics["affine_world_transform_ras"] = [[round(float(v), 6) for v in row] for row in world]
     warped_label = None
     if fixed.label is not None and moving.label is not None:
@@ -254,7 +257,7 @@ def register_prepared(
         identity_positions = moving_positions(fixed.shape, voxel_map(fixed.affine, moving.affine))
         before = sample_moving(moving.label[None], identity_positions, mode="nearest", outside="zeros")[0]
         metrics["dice_before"], metrics["mean_dice_before"] = _dice_block(before.numpy(), fixed.label, values, names)
-        if settings.affine:
+        if pre_aligned:
             affine_only = sample_moving(moving.label[None], positions, mode="nearest", outside="zeros")[0]
             metrics["dice_after_affine"], metrics["mean_dice_after_affine"] = _dice_block(
                 affine_only.numpy(), fixed.label, values, names
