@@ -210,7 +210,7 @@ def register_registration_recipe(demo: dict) -> None:
                 "train.patch_size": (32, 32, 32),
                 "train.batch_size": 2,
                 "train.grad_accumulation_steps": 1,
-                "train.num_epochs": 8,
+                "train.num_epochs": 12,
                 "train.iterations_per_epoch": 10,
                 "method.num_local_crops": 0,
                 "method.global_crop_size": 32,
