@@ -29,13 +29,16 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def architecture_of(run: RunConfig) -> Any:
-    """The :class:`~nnssl.architectures.spec.ArchitectureSpec` named by ``run.architecture`` (ConfigError if none)."""
+    """The :class:`~nnssl.architectures.spec.ArchitectureSpec` named by ``run.architecture`` (ConfigError if none),
+    with the ``arch`` section's token size / width / depth / heads applied (:meth:`ArchConfig.resolve`)."""
     from nnssl.architectures import ARCHITECTURES
 
     try:
-        return ARCHITECTURES.get(run.architecture)
+        spec = ARCHITECTURES.get(run.architecture)
     except KeyError as err:
         raise ConfigError(f"Preset '{run.preset}': {err.args[0]}") from None
+    arch = getattr(run, "arch", None)
+    return spec if arch is None else arch.resolve(spec)
 
 
 def require_patch_multiple(run: RunConfig, key: str, sizes: int | Sequence[int]) -> None:
@@ -356,6 +359,58 @@ class EvalConfig:
 
 
 @dataclass
+class ArchConfig:
+    """Shape of a transformer architecture (``--set arch.token_size=4``); ``None`` keeps the entry's own.
+
+    ``token_size``: side of the cubic patch embedding (a power of two; every side of ``train.patch_size`` and of the
+    network's input must be a multiple), ``embed_dim``, ``depth`` (Eva blocks) and ``num_heads`` (``embed_dim`` a
+    multiple of ``6 * num_heads``: the 3D RoPE needs ``embed_dim / num_heads / 1.5`` divisible by 4). Primus entries
+    only; a changed shape is built as dna's generic ``Primus`` class with ``arch_kwargs`` and rebuilt that way by
+    nnU-Net (:func:`nnssl.architectures.primus.primus_variant`). Leaving every key at ``None`` keeps the registered
+    entry exactly (``PrimusM`` stays ``PrimusM``).
+    """
+
+    token_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+
+    def is_default(self) -> bool:
+        return all(getattr(self, k) is None for k in ("token_size", "embed_dim", "depth", "num_heads"))
+
+    def resolve(self, spec: Any) -> Any:
+        """``spec`` with these settings applied (ConfigError naming the key when they cannot be)."""
+        if self.is_default():
+            return spec
+        from nnssl.architectures.primus import primus_variant
+
+        if spec.family != "transformer":
+            key = next(f"arch.{k}" for k in ("token_size", "embed_dim", "depth", "num_heads") if getattr(self, k))
+            raise ConfigError(
+                f"'{key}' = {getattr(self, key[5:])!r} is not allowed: it must be none on {spec.name} (arch.* keys "
+                "shape transformer architectures: PrimusS/B/M/L, PrimusTiny)."
+            )
+        try:
+            return primus_variant(spec, self.token_size, self.embed_dim, self.depth, self.num_heads)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def validate(self, run: RunConfig) -> None:
+        """Positive sizes, a buildable Primus shape, a token size that divides ``train.patch_size``."""
+        for key in ("token_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"arch.{key}", value, ">= 1 or none (the architecture's own)")
+        spec = architecture_of(run)
+        if self.token_size is not None:
+            require(
+                all(int(p) % self.token_size == 0 for p in run.train.patch_size),
+                "arch.token_size",
+                self.token_size,
+                f"a divisor of every side of train.patch_size={tuple(run.train.patch_size)} ({spec.name})",
+            )
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs besides the data: written to the run folder and into checkpoints."""
 
@@ -367,6 +422,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method_cfg: Any = None
+    arch: ArchConfig = field(default_factory=ArchConfig)
 
     def validate(self) -> None:
         """Run every section's ``validate(run)`` hook (the method's too, when its configuration class has one)."""
@@ -374,6 +430,7 @@ class RunConfig:
         self.optim.validate(self)
         self.data.validate(self)
         self.eval.validate(self)
+        self.arch.validate(self)
         hook = getattr(self.method_cfg, "validate", None)
         if callable(hook):
             hook(self)

@@ -1,6 +1,6 @@
 """Dotted-key overrides (``train.batch_size=4``, ``method.mask_ratio=0.6``) applied onto a :class:`RunConfig`.
 
-Keys are ``<section>.<field>`` with section ``train``, ``optim``, ``data`` (the dataclasses of
+Keys are ``<section>.<field>`` with section ``train``, ``optim``, ``data``, ``eval``, ``arch`` (the dataclasses of
 :mod:`nnssl.config`) or ``method`` (the fields of the method's own ``config_cls`` instance in
 ``RunConfig.method_cfg``). Values given as strings (the command line) are converted to the field's
 annotated type: ``int``, ``float``, ``bool`` (``true/false/1/0/yes/no``), ``str``, tuples
@@ -20,7 +20,7 @@ from typing import Any
 
 from nnssl.config import ConfigError, RunConfig
 
-SECTIONS = ("train", "optim", "data", "eval", "method")
+SECTIONS = ("train", "optim", "data", "eval", "arch", "method")
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 _NONE = {"none", "null"}
@@ -157,6 +157,7 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | Iterable[str]
         train=dataclasses.replace(cfg.train),
         optim=dataclasses.replace(cfg.optim),
         data=dataclasses.replace(cfg.data),
+        arch=dataclasses.replace(cfg.arch),
         method_cfg=dataclasses.replace(cfg.method_cfg) if dataclasses.is_dataclass(cfg.method_cfg) else cfg.method_cfg,
     )
     keys = valid_keys(new)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from engine_toy import ADAPTATION_PLAN, make_method, toy_config, train_iter_factory, val_iter_factory
 
-from nnssl.architectures import ARCHITECTURES
+from nnssl.config import architecture_of
 from nnssl.engine import Trainer
 from nnssl.engine import checkpoint as checkpoint_module
 from nnssl.engine.checkpoint import (
@@ -40,7 +40,7 @@ def _method_trainer(preset: str, folder: Path, patch: int, *overrides: str) -> T
     """A real method on CPU whose optimizer state exists (one step with zero gradients)."""
     cfg = resolve_config(preset, [f"train.patch_size={patch},{patch},{patch}", *overrides])
     torch.manual_seed(0)
-    method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+    method = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
     trainer = Trainer(method, cfg, lambda epoch: iter(()), None, folder, {"toy": True}, device="cpu")
     for p in method.parameters():
         if p.requires_grad:

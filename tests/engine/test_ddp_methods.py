@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnssl.architectures import ARCHITECTURES
+from nnssl.config import architecture_of
 from nnssl.engine import Trainer
 from nnssl.engine.distributed import DistContext, destroy_process_group, init_process_group, spawn
 from nnssl.methods import METHODS
@@ -69,7 +69,7 @@ def _worker(ctx: DistContext, out: Path) -> None:
         for _, preset in cases():
             cfg = resolve_config(preset, ["train.batch_size=2"])
             torch.manual_seed(0)  # the same initial weights on both ranks (as the engine's seeding does)
-            method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+            method = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
             folder = out / preset
             trainer = Trainer(method, cfg, lambda e: iter(()), None, folder, {}, "cpu", dist_ctx=ctx)
             losses = [trainer.train_step(batch).loss for batch in local_batches(method, cfg, ctx.rank)]
@@ -96,9 +96,9 @@ def test_every_method_trains_on_two_processes_with_one_image_each(tmp_path: Path
 
 def test_aligned_mae_refuses_a_contrastive_term_on_one_image(tmp_path: Path) -> None:
     cfg = resolve_config("DemoAlignedMAE_ResEncTiny", ["train.batch_size=1"])
-    method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+    method = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
     with pytest.raises(ValueError, match=r"at least 2 images.*method.w_con=0"):
         Trainer(method, cfg, lambda e: iter(()), None, tmp_path, {}, "cpu")
     cfg = resolve_config("DemoAlignedMAE_ResEncTiny", ["train.batch_size=1", "method.w_con=0"])
-    method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+    method = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
     Trainer(method, cfg, lambda e: iter(()), None, tmp_path, {}, "cpu")  # without the term one image is fine

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnssl.architectures import ARCHITECTURES
 from nnssl.architectures.adaptation_plan import build_adaptation_plan
 from nnssl.cli.extract_features import main as extract_main
 from nnssl.cli.probe import main as probe_main
+from nnssl.config import architecture_of
 from nnssl.evaluation.api import FeatureSettings, evaluate_encoder
 from nnssl.evaluation.encoder import FrozenEncoder
 from nnssl.evaluation.eval_set import load_eval_set
@@ -108,7 +108,7 @@ DEMO_PRESETS = sorted(name for name, *_ in preset_table() if name.startswith("De
 @pytest.mark.parametrize("preset", DEMO_PRESETS)
 def test_every_demo_preset_checkpoint_goes_through_extraction_and_probe(preset, tmp_path):
     cfg = resolve_config(preset)
-    arch = ARCHITECTURES.get(cfg.architecture)
+    arch = architecture_of(cfg)  # with the preset's arch.* keys
     torch.manual_seed(0)
     method = METHODS.get(cfg.method)(cfg.method_cfg, arch, cfg.train.patch_size)
     patch = method.network_patch_size()

@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from nnssl.architectures import ARCHITECTURES
+from nnssl.config import architecture_of
 from nnssl.methods import METHODS
 from nnssl.presets import resolve_config
 
@@ -74,7 +74,7 @@ def build(method_name: str, architecture: str):
     recorded = RECORDED_BEHAVIOUR.get(f"{method_name}/{architecture}", RECORDED_BEHAVIOUR.get(method_name, []))
     cfg = resolve_config(f"Demo{method_name}_{architecture}", recorded)
     torch.manual_seed(BUILD_SEED)
-    method = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+    method = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
     method.configure_schedule(10, 100)
     return method, cfg
 

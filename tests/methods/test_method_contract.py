@@ -17,7 +17,7 @@ import torch
 
 from nnssl.architectures import ARCHITECTURES
 from nnssl.architectures.adaptation_plan import build_adaptation_plan, verify_adaptation_plan
-from nnssl.config import ConfigError
+from nnssl.config import ConfigError, architecture_of
 from nnssl.engine.trainer import parameters_without_gradient
 from nnssl.methods import METHODS
 from nnssl.presets import config_from_dict, config_to_dict, preset_table, resolve_config
@@ -60,7 +60,7 @@ def demo_preset(method: str, architecture: str) -> str:
 def build(method: str, architecture: str):
     cfg = resolve_config(demo_preset(method, architecture))
     torch.manual_seed(0)
-    instance = METHODS.get(cfg.method)(cfg.method_cfg, ARCHITECTURES.get(cfg.architecture), cfg.train.patch_size)
+    instance = METHODS.get(cfg.method)(cfg.method_cfg, architecture_of(cfg), cfg.train.patch_size)
     instance.configure_schedule(10, 100)
     return instance, cfg
 
@@ -112,7 +112,7 @@ def test_method_contract(method_name: str, architecture: str) -> None:
     # every trainable parameter takes part (DDP runs without find_unused_parameters)
     assert parameters_without_gradient(method) == []
     # gradients reach the encoder weights that are saved downstream
-    arch = ARCHITECTURES.get(cfg.architecture)
+    arch = architecture_of(cfg)  # with the preset's arch.* keys
     encoder = [p for n, p in method.backbone().named_parameters() if n.startswith(arch.key_to_encoder)]
     assert encoder and sum(float(p.grad.abs().sum()) for p in encoder if p.grad is not None) > 0
     # the loss depends on the input (eval mode: no running statistics move between the calls)

@@ -46,7 +46,9 @@ matching RoPE rows and add the head axis (B, 1, K, 2*head_dim), run the blocks a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nnssl.architectures.spec import ArchitectureSpec
 
-#: Side of the cubic patch embedding (one token = TOKEN_SIZE^3 voxels).
+#: Default side of the cubic patch embedding (one token = TOKEN_SIZE^3 voxels); ``arch.token_size`` changes it.
 TOKEN_SIZE = 8
 #: Drop-path rate of the Eva encoder during pre-training (upstream BaseEvaMAETrainer); 0 downstream.
 PRETRAIN_DROP_PATH = 0.2
@@ -72,6 +74,13 @@ PRIMUS_PRESET_CLASSES: dict[str, type[Primus]] = {
     "PrimusL": PrimusL,
 }
 PRIMUS_PATH = "dynamic_network_architectures.architectures.primus.Primus"
+#: (embed_dim, depth, heads) of the presets, as dna's ``_PRIMUS_CONFIGS``; the defaults of ``arch.*`` overrides.
+PRIMUS_PRESET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "PrimusS": (396, 12, 6),
+    "PrimusB": (792, 12, 12),
+    "PrimusM": (864, 16, 12),
+    "PrimusL": (1056, 24, 16),
+}
 
 #: Keyword arguments of the tiny CPU variant (dna ``Primus`` class, rebuilt dynamically downstream;
 #: ``input_shape`` is added per patch size by the adaptation plan). RoPE needs
@@ -85,6 +94,101 @@ PRIMUS_TINY_KWARGS: dict = {
     "init_values": 0.1,
     "scale_attn_inner": True,
 }
+
+
+def primus_shape_problems(token_size: int, embed_dim: int, depth: int, num_heads: int) -> list[tuple[str, Any, str]]:
+    """``(key, value, what is allowed)`` for every Primus shape setting dna cannot build (empty: all fine).
+
+    * ``arch.token_size``: a power of two >= 2 (dna's ``PatchDecode`` up-samples in log2(t) stride-2 stages);
+    * ``arch.num_heads`` >= 1 and ``arch.depth`` >= 1;
+    * ``arch.embed_dim``: the Eva's 3D RoPE needs ``rope_dim = embed_dim / num_heads / 1.5`` to be an integer divisible
+      by 4, i.e. ``embed_dim`` a multiple of ``6 * num_heads`` (Primus-M: 864 = 6 * 12 * 12; 180 = 6 * 3 * 10).
+    """
+    problems: list[tuple[str, Any, str]] = []
+    if token_size < 2 or token_size & (token_size - 1):
+        problems.append(("arch.token_size", token_size, "a power of two >= 2 (2, 4, 8, 16; PatchDecode halves it)"))
+    if depth < 1:
+        problems.append(("arch.depth", depth, ">= 1 (Eva blocks)"))
+    if num_heads < 1:
+        problems.append(("arch.num_heads", num_heads, ">= 1"))
+    elif embed_dim < 1 or embed_dim % (6 * num_heads):
+        low = max(1, embed_dim // (6 * num_heads)) * 6 * num_heads
+        problems.append(
+            (
+                "arch.embed_dim",
+                embed_dim,
+                f"a multiple of 6 * arch.num_heads = {6 * num_heads} (RoPE: embed_dim / num_heads / 1.5 must be an "
+                f"integer divisible by 4), e.g. {low} or {low + 6 * num_heads}",
+            )
+        )
+    return problems
+
+
+def primus_variant(
+    spec: ArchitectureSpec,
+    token_size: int | None = None,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+) -> ArchitectureSpec:
+    """``spec`` (a Primus entry) with another token size, width, depth or head count (``None``: the entry's own).
+
+    Unchanged settings return ``spec`` itself, so the presets stay exactly as registered (``PrimusM`` is built by
+    name downstream). Anything else becomes dna's generic ``Primus`` class path with ``arch_kwargs`` (as PrimusTiny),
+    which nnU-Net rebuilds dynamically: ``embed_dim``, ``patch_embed_size = [t, t, t]``, ``eva_depth``,
+    ``eva_numheads``, ``init_values`` 0.1, ``scale_attn_inner`` and ``drop_path_rate`` 0 (the downstream network;
+    pre-training variants of the S/B/M/L presets are built with drop-path :data:`PRETRAIN_DROP_PATH`, which has no
+    parameters). ``token_size`` and ``patch_multiple`` of the entry become ``t``. Raises ValueError naming the
+    ``arch.*`` key of an impossible shape (:func:`primus_shape_problems`).
+    """
+    if spec.arch_kwargs is not None:
+        base = (
+            int(spec.arch_kwargs["patch_embed_size"][0]),
+            int(spec.arch_kwargs["embed_dim"]),
+            int(spec.arch_kwargs["eva_depth"]),
+            int(spec.arch_kwargs["eva_numheads"]),
+        )
+        drop_path = float(spec.arch_kwargs.get("drop_path_rate", 0.0))
+    elif spec.name in PRIMUS_PRESET_SHAPES:
+        base = (int(spec.token_size or TOKEN_SIZE), *PRIMUS_PRESET_SHAPES[spec.name])
+        drop_path = PRETRAIN_DROP_PATH
+    else:
+        raise ValueError(f"Architecture '{spec.name}' is not a Primus; arch.* keys apply to Primus entries only.")
+    wanted = tuple(b if v is None else int(v) for v, b in zip((token_size, embed_dim, depth, num_heads), base))
+    if wanted == base:
+        return spec
+    t, dim, blocks, heads = wanted
+    problems = primus_shape_problems(t, dim, blocks, heads)
+    if problems:
+        key, value, allowed = problems[0]
+        raise ValueError(f"'{key}' = {value!r} is not allowed on {spec.name}: it must be {allowed}.")
+    kwargs = {
+        **(spec.arch_kwargs or {}),
+        "embed_dim": dim,
+        "patch_embed_size": [t] * 3,
+        "eva_depth": blocks,
+        "eva_numheads": heads,
+        "drop_path_rate": 0.0,
+        "init_values": 0.1,
+        "scale_attn_inner": True,
+    }
+    label = ",".join(f"{k}={v}" for k, v, b in zip(("t", "dim", "depth", "heads"), wanted, base) if v != b)
+
+    def build(in_channels: int, out_channels: int, patch_size: tuple[int, int, int]) -> nn.Module:
+        return build_primus_dynamic({**kwargs, "drop_path_rate": drop_path}, in_channels, out_channels, patch_size)
+
+    build.__name__ = f"build_{spec.name}_variant"
+    build.__doc__ = f"{spec.name} with {label} (dna Primus, drop-path {drop_path} in pre-training)."
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}[{label}]",
+        build=build,
+        arch_class_name=PRIMUS_PATH,
+        arch_kwargs=kwargs,
+        arch_kwargs_requiring_import=(),
+        token_size=t,
+        patch_multiple=t,
+    )
 
 
 def primus_token_grid(patch_size: Sequence[int], token_size: int = TOKEN_SIZE) -> tuple[int, int, int]:

@@ -51,7 +51,7 @@ from torch import nn
 
 from nnssl.architectures.primus import flatten_tokens
 from nnssl.architectures.spec import ArchitectureSpec
-from nnssl.transforms.masking import UnitMask, draw_unit_mask
+from nnssl.transforms.masking import UnitMask, draw_block_mask, draw_unit_mask
 
 
 @dataclass
@@ -167,9 +167,23 @@ class Backbone(nn.Module):
         input_size: Sequence[int] | None = None,
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
+        mode: str = "random",
     ) -> UnitMask:
-        """Exactly ``floor(mask_ratio * n)`` (or ``counts[b]``) masked units per sample of an ``input_size`` input."""
+        """Exactly ``floor(mask_ratio * n)`` (or ``counts[b]``) masked units per sample of an ``input_size`` input:
+        uniformly chosen (``mode="random"``) or as random boxes (``"block"``, :func:`draw_block_mask`)."""
         size = self.input_size if input_size is None else tuple(input_size)
+        if mode == "block":
+            return draw_block_mask(
+                batch_size,
+                self.unit_grid(size, block_size),
+                self.mask_unit(block_size),
+                mask_ratio=mask_ratio,
+                counts=counts,
+                device=device,
+                generator=generator,
+            )
+        if mode != "random":
+            raise ValueError(f"Unknown mask mode '{mode}': use 'random' or 'block'.")
         return draw_unit_mask(
             batch_size,
             self.unit_grid(size, block_size),
@@ -179,6 +193,27 @@ class Backbone(nn.Module):
             device=device,
             generator=generator,
         )
+
+    # ------------------------------------------------------------------ layer ids (layer-wise lr decay)
+    @property
+    def num_layers(self) -> int:
+        """Highest layer id of :meth:`layer_id`: everything above the backbone's last block (heads) sits there.
+
+        Layer-wise lr decay (BEiT, Bao et al. 2022; DINOv2) scales the lr of a parameter of layer ``i`` by
+        ``decay ** (num_layers - i)``. The default (no layers) puts every parameter at the top (scale 1).
+        """
+        return 0
+
+    def layer_id(self, name: str) -> int:
+        """Layer id in ``[0, num_layers]`` of parameter ``name`` (as in this module's ``named_parameters``):
+        0 = input embedding (stem / patch embedding, positional embedding, mask token), ``i`` = the ``i``-th block
+        or stage, ``num_layers`` = the rest (final norm, decoders)."""
+        return self.num_layers
+
+    def is_patch_embedding(self, name: str) -> bool:
+        """Whether parameter ``name`` belongs to the input projection (the architecture's ``key_to_stem``:
+        Primus' ``down_projection``, ResEnc's ``encoder.stem``), the target of a patch-embedding lr multiplier."""
+        return name.startswith(f"network.{self.arch.key_to_stem}.")
 
     def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:
         """Create the learned mask token (normal init with ``std``, truncated at +-2 when ``truncated``)."""

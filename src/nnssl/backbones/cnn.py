@@ -80,6 +80,19 @@ class CNNBackbone(Backbone):
     def unit_for(cls, arch: ArchitectureSpec, block_size: int) -> int:
         return int(block_size)
 
+    @property
+    def num_layers(self) -> int:
+        """Encoder stages + 1: 0 = stem and mask token, stage ``s`` (0-based) = ``s + 1``, decoder = stages + 1."""
+        return len(self.network.encoder.stages) + 1
+
+    def layer_id(self, name: str) -> int:
+        if name == "mask_token" or name.startswith("network.encoder.stem."):
+            return 0
+        prefix = "network.encoder.stages."
+        if name.startswith(prefix):
+            return int(name[len(prefix) :].split(".", 1)[0]) + 1
+        return self.num_layers
+
     def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:
         """A learned value per input channel, shape (1, C, 1, 1, 1), that replaces masked voxels."""
         return self._new_mask_token((1, self.in_channels, 1, 1, 1), std, truncated)

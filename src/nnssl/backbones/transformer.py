@@ -38,6 +38,9 @@ from nnssl.architectures.spec import ArchitectureSpec
 from nnssl.backbones.base import Backbone, Features, Reconstruction
 from nnssl.transforms.masking import UnitMask
 
+#: Eva parameters that sit with the patch embedding at layer 0 (layer-wise lr decay).
+_EMBEDDING_PARAMS = ("network.eva.pos_embed", "network.eva.cls_token", "network.eva.reg_token")
+
 
 def light_eva(dim: int, depth: int, heads: int, grid: Sequence[int]) -> Eva:
     """A Primus-style Eva (abs. pos-embed + RoPE, layer-scale 0.1, ``scale_attn_inner``) of ``depth`` blocks."""
@@ -113,6 +116,20 @@ class TransformerBackbone(Backbone):
 
     def mask_unit(self, block_size: int) -> int:
         return self.token_size
+
+    @property
+    def num_layers(self) -> int:
+        """Eva depth + 1: 0 = patch embedding, ``pos_embed`` and mask token; block ``b`` (0-based) = ``b + 1``;
+        final norm and decoders = depth + 1 (DINOv2's ``get_vit_lr_decay_rate``)."""
+        return len(self.network.eva.blocks) + 1
+
+    def layer_id(self, name: str) -> int:
+        if name == "mask_token" or name.startswith("network.down_projection.") or name in _EMBEDDING_PARAMS:
+            return 0
+        prefix = "network.eva.blocks."
+        if name.startswith(prefix):
+            return int(name[len(prefix) :].split(".", 1)[0]) + 1
+        return self.num_layers
 
     def add_mask_token(self, std: float, truncated: bool = False) -> nn.Parameter:
         """The learned token (1, 1, D) that stands in for masked tokens."""

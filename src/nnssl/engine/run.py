@@ -396,8 +396,8 @@ def train_worker(ctx: DistContext, request: RunRequest) -> int | None:
 
     Returns the signal that stopped the run, or None.
     """
-    from nnssl.architectures import ARCHITECTURES
     from nnssl.architectures.adaptation_plan import build_adaptation_plan, verify_adaptation_plan
+    from nnssl.config import architecture_of
     from nnssl.data.loader import build_train_loader, build_val_loader
     from nnssl.data.splits import load_or_create_split
     from nnssl.methods import METHODS
@@ -441,7 +441,7 @@ def train_worker(ctx: DistContext, request: RunRequest) -> int | None:
         val_images = [image for image in images if image.subject_uid in val_subjects]
         logger.info("%d training and %d validation images.", len(train_images), len(val_images))
 
-        arch = ARCHITECTURES.get(cfg.architecture)
+        arch = architecture_of(cfg)  # the registered entry with the arch.* keys applied
         seed_everything(derive_seed(cfg.train.seed, INIT_SEED_OFFSET))  # same initial weights for the same seed
         method = METHODS.get(cfg.method)(cfg.method_cfg, arch, cfg.train.patch_size, in_channels=IN_CHANNELS)
         network_patch = method.network_patch_size()

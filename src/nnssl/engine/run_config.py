@@ -72,7 +72,7 @@ def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
     """``{"train.batch_size": 2, "method.mask_ratio": 0.75, "preset": ...}`` from a configuration's JSON form."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if key in ("train", "optim", "data", "eval", "method_cfg") and isinstance(value, Mapping):
+        if key in ("train", "optim", "data", "eval", "arch", "method_cfg") and isinstance(value, Mapping):
             section = "method" if key == "method_cfg" else key
             flat.update({f"{section}.{k}": v for k, v in value.items()})
         else:

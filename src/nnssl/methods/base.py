@@ -128,6 +128,55 @@ class SSLMethod(nn.Module):
         ]
         return [g for g in groups if g["params"]]
 
+    def layer_decay_groups(
+        self,
+        weight_decay: float,
+        backbone: Backbone,
+        backbone_prefix: str,
+        layer_decay: float = 1.0,
+        patch_embed_lr_mult: float = 1.0,
+        freeze_epochs: Callable[[str], int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`decay_split_groups` with layer-wise lr decay and a patch-embedding lr multiplier (BEiT, Bao et al.
+        2022; DINOv2's ``get_params_groups_with_decay``).
+
+        A parameter of ``backbone`` (named ``backbone_prefix + name`` in this method) at layer ``i =
+        backbone.layer_id(name)`` gets ``lr_scale = layer_decay ** (backbone.num_layers - i)``, times
+        ``patch_embed_lr_mult`` when ``backbone.is_patch_embedding(name)``; every other parameter (heads) sits at the
+        top, scale 1. ``freeze_epochs(full_name)`` (optional) gives a parameter's frozen epochs (lr 0, state kept).
+        One group per (weight decay or not, layer, multiplier, frozen epochs); groups carry ``lr_scale``,
+        ``layer_id``, ``weight_decay`` and ``wd_scale`` (0 for biases, norms, embeddings: :func:`no_weight_decay`).
+        The engine multiplies the scheduled lr by ``lr_scale`` (:func:`nnssl.engine.optim.apply_schedule`).
+        """
+        top = backbone.num_layers
+        groups: dict[tuple, dict[str, Any]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            layer, scale = top, 1.0
+            if name.startswith(backbone_prefix):
+                inner = name[len(backbone_prefix) :]
+                layer = backbone.layer_id(inner)
+                scale = float(layer_decay) ** (top - layer)
+                if backbone.is_patch_embedding(inner):
+                    scale *= float(patch_embed_lr_mult)
+            decay = not no_weight_decay(name, param)
+            frozen = int(freeze_epochs(name)) if freeze_epochs is not None else 0
+            key = (decay, layer, scale, frozen)
+            if key not in groups:
+                groups[key] = {
+                    "params": [],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "lr_scale": scale,
+                    "layer_id": layer,
+                }
+                if not decay:
+                    groups[key]["wd_scale"] = 0.0
+                if frozen:
+                    groups[key]["freeze_epochs"] = frozen
+            groups[key]["params"].append(param)
+        return list(groups.values())
+
     def teachers(self) -> dict[str, EMATeacher]:
         """Every :class:`EMATeacher` among the submodules, by attribute path."""
         return {name: module for name, module in self.named_modules() if isinstance(module, EMATeacher)}

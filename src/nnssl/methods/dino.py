@@ -41,6 +41,7 @@ student's backbone CLS vectors, ``koleo``, ``ibot``, ``teacher_temp``, ``ema_mom
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -72,6 +73,10 @@ from nnssl.transforms.multicrop import MultiCropTransform
 logger = logging.getLogger(__name__)
 
 
+#: iBOT mask layouts: uniform random tokens, or DINOv2's block masks (:func:`nnssl.transforms.masking.draw_block_mask`).
+IBOT_MASK_MODES = ("random", "block")
+
+
 @dataclass
 class DINOConfig:
     """DINO hyper-parameters (defaults: the small-batch recipe of methods.md 2.5; see documentation/dino.md)."""
@@ -98,8 +103,15 @@ class DINOConfig:
     global_crop_scale: tuple[float, float] = (0.5, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.3)
     momentum_start: float = 0.992
+    momentum_end: float = 1.0
     freeze_last_layer_epochs: int = 5
+    layer_decay: float = 1.0
+    patch_embed_lr_mult: float = 1.0
+    ibot_mask_mode: str = "random"
     intensity_augmentation: bool = True
+    gin_p: float = 0.0
+    gin_num_layers: int = 4
+    gin_channels: int = 2
     cls_standardization: str = "running"
     cls_standardization_momentum: float = 0.9
 
@@ -122,6 +134,28 @@ class DINOConfig:
             require(getattr(self, key) > 0, f"method.{key}", getattr(self, key), "> 0")
         require(0.0 <= self.center_momentum < 1.0, "method.center_momentum", self.center_momentum, "in [0, 1)")
         require(0.0 <= self.momentum_start <= 1.0, "method.momentum_start", self.momentum_start, "in [0, 1]")
+        require(
+            self.momentum_start <= self.momentum_end <= 1.0,
+            "method.momentum_end",
+            self.momentum_end,
+            f"in [method.momentum_start={self.momentum_start}, 1]",
+        )
+        require(0.0 < self.layer_decay <= 1.0, "method.layer_decay", self.layer_decay, "in (0, 1] (1: no decay)")
+        require(
+            self.patch_embed_lr_mult > 0.0,
+            "method.patch_embed_lr_mult",
+            self.patch_embed_lr_mult,
+            "> 0 (1: the patch embedding learns at its layer's rate)",
+        )
+        require(
+            self.ibot_mask_mode in IBOT_MASK_MODES,
+            "method.ibot_mask_mode",
+            self.ibot_mask_mode,
+            f"one of {', '.join(IBOT_MASK_MODES)}",
+        )
+        require(0.0 <= self.gin_p <= 1.0, "method.gin_p", self.gin_p, "a probability in [0, 1] (0: no GIN)")
+        require(self.gin_num_layers >= 1, "method.gin_num_layers", self.gin_num_layers, ">= 1")
+        require(self.gin_channels >= 1, "method.gin_channels", self.gin_channels, ">= 1")
         low, high = self.ibot_mask_ratio
         require(0.0 <= low <= high < 1.0, "method.ibot_mask_ratio", self.ibot_mask_ratio, "0 <= low <= high < 1")
         require(
@@ -212,7 +246,7 @@ class DINO(SSLMethod):
             self.cls_norm: nn.Module = RunningStandardization(feature_dim, cfg.cls_standardization_momentum)
         else:
             self.cls_norm = nn.Identity()
-        self.teacher = EMATeacher(student, cfg.momentum_start, final_momentum=1.0)
+        self.teacher = EMATeacher(student, cfg.momentum_start, final_momentum=cfg.momentum_end)
         self.dino_targets = CenteredTargets(
             cfg.num_prototypes, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations, cfg.sinkhorn_queue
         )
@@ -249,7 +283,20 @@ class DINO(SSLMethod):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Weight decay on weights only (:meth:`decay_split_groups`); prototype layers frozen (lr 0, optimizer state
-        kept) for ``freeze_last_layer_epochs`` epochs."""
+        kept) for ``freeze_last_layer_epochs`` epochs. With ``layer_decay`` < 1 or ``patch_embed_lr_mult`` != 1 the
+        student backbone's parameters get ``lr_scale = layer_decay ** (num_layers - layer_id) [* patch_embed_lr_mult]``
+        (:meth:`SSLMethod.layer_decay_groups`; the backbone tells each parameter's layer); heads stay at scale 1."""
+        cfg = self.cfg
+        if cfg.layer_decay != 1.0 or cfg.patch_embed_lr_mult != 1.0:
+            frozen = int(cfg.freeze_last_layer_epochs)
+            return self.layer_decay_groups(
+                weight_decay,
+                self.student["backbone"],
+                "student.backbone.",
+                layer_decay=cfg.layer_decay,
+                patch_embed_lr_mult=cfg.patch_embed_lr_mult,
+                freeze_epochs=lambda name: frozen if f".{LAST_LAYER_NAME}." in f".{name}" else 0,
+            )
         groups = self.decay_split_groups(weight_decay)
         last = [p for n, p in self.named_parameters() if p.requires_grad and f".{LAST_LAYER_NAME}." in f".{n}"]
         last_ids = {id(p) for p in last}
@@ -270,7 +317,12 @@ class DINO(SSLMethod):
             num_local=int(cfg.num_local_crops),
             global_scale=tuple(cfg.global_crop_scale),
             local_scale=tuple(cfg.local_crop_scale),
-            intensity=IntensityAugmentation() if cfg.intensity_augmentation else IntensityAugmentation.none(),
+            intensity=dataclasses.replace(
+                IntensityAugmentation() if cfg.intensity_augmentation else IntensityAugmentation.none(),
+                p_gin=float(cfg.gin_p),
+                gin_num_layers=int(cfg.gin_num_layers),
+                gin_channels=int(cfg.gin_channels),
+            ),
         )
 
     def val_transform(self) -> Transform:
@@ -311,7 +363,12 @@ class DINO(SSLMethod):
                 n_global * b, grid[0] * grid[1] * grid[2], cfg.ibot_mask_ratio, cfg.ibot_sample_probability, glob.device
             )
             mask = net.draw_mask(
-                n_global * b, block_size=1, counts=counts, input_size=self.global_size, device=glob.device
+                n_global * b,
+                block_size=1,
+                counts=counts,
+                input_size=self.global_size,
+                device=glob.device,
+                mode=cfg.ibot_mask_mode,
             )
         s_features = net.encode(globals_flat, mask)
         s_cls_global = s_features.pooled()

@@ -144,7 +144,7 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         architecture=d["architecture"],
         method_cfg=method_cls.config_cls(),
     )
-    flat = {f"{s}.{k}": v for s in ("train", "optim", "data", "eval") for k, v in d.get(s, {}).items()}
+    flat = {f"{s}.{k}": v for s in ("train", "optim", "data", "eval", "arch") for k, v in d.get(s, {}).items()}
     flat.update({f"method.{k}": v for k, v in (d.get("method_cfg") or {}).items()})
     return apply_overrides(cfg, flat)
 

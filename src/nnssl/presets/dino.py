@@ -136,3 +136,89 @@ def register() -> None:
             "teacher temperature 0.04.",
         )
     )
+    register_registration_recipe(demo)
+
+
+def register_registration_recipe(demo: dict) -> None:
+    """DINOv2 pre-training tuned for training-free registration (med_ssl_3d, downstream.md; documentation/dino.md).
+
+    ``DINORegPrimus4``: Primus with 4^3 tokens and a narrow width (embed 180, 3 heads of 60 = head width close to
+    Primus-M's 72; depth 16 as Primus-M, which the reference does not state) at 128^3 input (32^3 = 32,768 tokens):
+    small tokens keep local anatomy. DINOv2 objective: DINO CLS + iBOT with separate heads, K 8192 for both, mean
+    centring; teacher temperature 0.04 -> 0.07 over the whole run, EMA 0.992 -> 0.998, layer-wise lr decay 0.9 and
+    x0.2 on the patch embedding (``down_projection``), weight decay 0.04 (constant), clip 3; iBOT on half of the
+    global views (DINOv2) with ratio U(0.4, 0.7) as block masks; no local crops (the reference does not interpolate
+    positional embeddings there); two global crops of 0.6-1.0 of the 128^3 patch volume; GIN on half of the views.
+
+    Learning rate: our DINO rule ``lr = 0.002 * sqrt(B_eff / 1024)`` (3DINO's base 0.002, half of DINOv2's 0.004, as
+    for ViT-L in 3D) with B_eff = 2 x 16 accumulation = 32 volumes -> 3.5e-4 at the top layer; block ``i`` of 16 gets
+    0.9^(17 - i) of it, the patch embedding 0.9^17 x 0.2 = 0.033 (1.2e-5). Two 128^3 volumes with 32,768 tokens each
+    (x 2 global views, + the teacher) are what one GPU holds, and B_eff 32 keeps the DINO centre and KoLeo
+    statistics meaningful. med_ssl_3d's "base lr 6e-6" is not copied: its batch rule is not stated, and a
+    per-sample lr that small would be ~60x below every DINO recipe of methods.md 2.1 at this batch size.
+    """
+    add_preset(
+        Preset(
+            "DINORegPrimus4",
+            base="DINOv2EvaTrainer",
+            architecture="PrimusM",
+            overrides={
+                "arch.token_size": 4,
+                "arch.embed_dim": 180,
+                "arch.num_heads": 3,
+                "train.patch_size": (128, 128, 128),
+                "train.batch_size": 2,
+                "train.grad_accumulation_steps": 16,
+                "train.num_epochs": 200,
+                "train.iterations_per_epoch": 32,
+                "train.grad_clip": 3.0,
+                "optim.lr": 2e-3,
+                "optim.lr_scaling": "sqrt1024",
+                "optim.weight_decay": 0.04,
+                "optim.weight_decay_end": None,
+                "method.num_prototypes": 8192,
+                "method.ibot": True,
+                "method.ibot_mask_ratio": (0.4, 0.7),
+                "method.ibot_mask_mode": "block",
+                "method.ibot_sample_probability": 0.5,
+                "method.teacher_temp_start": 0.04,
+                "method.teacher_temp_end": 0.07,
+                "method.teacher_temp_warmup_epochs": 200,
+                "method.momentum_start": 0.992,
+                "method.momentum_end": 0.998,
+                "method.layer_decay": 0.9,
+                "method.patch_embed_lr_mult": 0.2,
+                "method.num_local_crops": 0,
+                "method.global_crop_size": 128,
+                "method.global_crop_scale": (0.6, 1.0),
+                "method.gin_p": 0.5,
+            },
+            description="DINOv2 for registration features (med_ssl_3d): Primus 4^3 tokens, width 180, 128^3 input, "
+            "DINO + iBOT (block masks, U(0.4,0.7)), K 8192, EMA 0.992->0.998, layer decay 0.9, GIN, no local crops.",
+        )
+    )
+    add_preset(
+        Preset(
+            "DemoDINO_PrimusTiny4Reg",
+            base="DINORegPrimus4",
+            architecture="PrimusTiny",
+            overrides={
+                **demo,
+                "arch.token_size": 4,
+                "arch.embed_dim": None,
+                "arch.num_heads": None,
+                "train.patch_size": (32, 32, 32),
+                "train.batch_size": 2,
+                "train.grad_accumulation_steps": 1,
+                "train.num_epochs": 12,
+                "train.iterations_per_epoch": 10,
+                "method.num_local_crops": 0,
+                "method.global_crop_size": 32,
+                "method.teacher_temp_warmup_epochs": 3,
+                "method.ibot_sample_probability": 1.0,
+            },
+            description="CPU demo of the registration recipe: PrimusTiny with 4^3 tokens (8^3 grid at 32^3), DINO + "
+            "iBOT block masks, layer decay 0.9, GIN, no local crops, K 1024.",
+        )
+    )
+

@@ -17,17 +17,24 @@ methods.md 1.3 and 4.5; Isensee et al., nnU-Net's batchgenerators transforms):
   probability 1/2), then the original mean and std restored; on the inverted image ``-x`` with
   ``p_gamma_inverted`` (0.1) and on the image with ``p_gamma`` (0.3);
 * simulated low resolution: nearest-neighbour down-sampling by ``U(0.5, 1)`` per axis-uniform zoom and
-  cubic up-sampling back (p 0.1 per sample as upstream's SimCLR/VoCo/CVA, 0.5 per channel).
+  cubic up-sampling back (p 0.1 per sample as upstream's SimCLR/VoCo/CVA, 0.5 per channel);
+* GIN, global intensity non-linear augmentation (Ouyang et al. 2021, "Causality-inspired single-source domain
+  generalization for medical image segmentation"; :func:`gin`), off by default (``p_gin`` 0), applied last.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 EPS = 1e-7
+#: Negative slope of the leaky ReLU between GIN's random convolutions (our choice; the paper does not fix one).
+GIN_NEGATIVE_SLOPE = 0.2
 
 
 def _uniform(low: float, high: float) -> float:
@@ -111,6 +118,56 @@ def simulate_low_resolution(
     return out
 
 
+def frobenius_normalized(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``y * ||reference||_F / ||y||_F`` (``y`` unchanged where its norm is 0)."""
+    norm = float(np.linalg.norm(y.astype(np.float64).ravel()))
+    if norm == 0.0:
+        return y
+    return y * (float(np.linalg.norm(reference.astype(np.float64).ravel())) / norm)
+
+
+def gin(
+    x: np.ndarray,
+    num_layers: int = 4,
+    channels: int = 2,
+    kernel_sizes: Sequence[int] = (1, 3),
+    alpha: float | None = None,
+) -> np.ndarray:
+    """GIN (Ouyang et al. 2021): a random, gradient-free shallow convolutional network applied to ``x`` (C, X, Y, Z).
+
+    ``g`` = ``num_layers`` 3D convolutions ``C -> channels -> ... -> channels -> C``, each with a kernel size drawn
+    from ``kernel_sizes`` ('same' zero padding) and weights and biases ~ N(0, 1), leaky ReLU (slope
+    :data:`GIN_NEGATIVE_SLOPE`) between them; everything is drawn afresh per call from numpy's generator (the
+    loader seeds it per sample, so a sample's augmentation is reproducible from the sampler's seed). With
+    ``n(y) = y ||x||_F / ||y||_F`` and ``alpha ~ U(0, 1)`` (unless given):
+
+        ``GIN(x) = n(alpha * n(g(x)) + (1 - alpha) * x)``
+
+    the convolution output brought to the input's norm, blended with the input, and the blend brought back to the
+    input's Frobenius norm (the paper's normalisation), so ``||GIN(x)||_F = ||x||_F``; ``alpha = 0`` returns ``x``,
+    ``alpha = 1`` the normalised ``g(x)``. The random map is non-linear and, with 3^3 kernels, mixes neighbouring
+    voxels: it changes contrast the way another modality would while keeping the shapes.
+    """
+    if num_layers < 1 or channels < 1 or not kernel_sizes:
+        raise ValueError(f"gin needs num_layers >= 1, channels >= 1 and kernel sizes, got {num_layers}, {channels}.")
+    if alpha is None:
+        alpha = float(np.random.uniform(0.0, 1.0))
+    c = x.shape[0]
+    widths = [c] + [channels] * (num_layers - 1) + [c]
+    with torch.no_grad():
+        h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+        for i in range(num_layers):
+            k = int(kernel_sizes[np.random.randint(len(kernel_sizes))])
+            weight = torch.from_numpy(np.random.standard_normal((widths[i + 1], widths[i], k, k, k)).astype(np.float32))
+            bias = torch.from_numpy(np.random.standard_normal(widths[i + 1]).astype(np.float32))
+            h = F.conv3d(h, weight, bias, padding=k // 2)
+            if i < num_layers - 1:
+                h = F.leaky_relu(h, GIN_NEGATIVE_SLOPE)
+        out = h[0].numpy()
+    blend = alpha * frobenius_normalized(out, x) + (1.0 - alpha) * x
+    return frobenius_normalized(blend, x).astype(np.float32)
+
+
 @dataclass
 class IntensityAugmentation:
     """Random intensity augmentation of one view (see the module docstring for each transform).
@@ -133,6 +190,9 @@ class IntensityAugmentation:
     p_gamma_inverted: float = 0.1
     p_gamma: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
+    p_gin: float = 0.0
+    gin_num_layers: int = 4
+    gin_channels: int = 2
 
     @classmethod
     def none(cls) -> IntensityAugmentation:
@@ -166,4 +226,6 @@ class IntensityAugmentation:
             out = gamma(out, self.gamma_range, invert=True)
         if np.random.uniform() < self.p_gamma:
             out = gamma(out, self.gamma_range, invert=False)
+        if self.p_gin > 0 and np.random.uniform() < self.p_gin:  # no draw at p 0: other augmentations' draws unchanged
+            out = gin(out, self.gin_num_layers, self.gin_channels)
         return out
