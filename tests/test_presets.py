@@ -117,3 +117,15 @@ def test_coerce_value_and_dict_overrides() -> None:
     assert coerce_value("yes", bool, "k") is True and coerce_value(2, float, "k") == 2.0
     cfg = apply_overrides(_cfg(), {"train.num_epochs": 7, "train.patch_size": [32, 32, 32]})
     assert cfg.train.num_epochs == 7 and cfg.train.patch_size == (32, 32, 32)
+
+
+def test_overrides_leave_the_original_configuration_alone() -> None:
+    original = _cfg()
+    changed = apply_overrides(
+        original, {"eval.overlap": 0.5, "arch.token_size": None, "data.num_workers": 0, "optim.lr": 0.5}
+    )
+    assert changed.eval.overlap == 0.5 and original.eval.overlap == 0.25
+    assert original.data.num_workers != 0 or changed.data is not original.data
+    assert original.optim.lr != 0.5
+    for section in ("train", "optim", "data", "arch", "eval"):
+        assert getattr(changed, section) is not getattr(original, section)

@@ -344,8 +344,10 @@ class EvalConfig:
                     value,
                     "a set with 'pairs' to register (e.g. demo_registration)",
                 )
-        needed = {"probe/mean_dice": ("eval.set", self.set), "registration/mean_dice": (
-            "eval.registration_set", self.registration_set)}
+        needed = {
+            "probe/mean_dice": ("eval.set", self.set),
+            "registration/mean_dice": ("eval.registration_set", self.registration_set),
+        }
         if self.select_best_by in needed:
             key, value = needed[self.select_best_by]
             reason = f"set, because eval.select_best_by is {self.select_best_by}"

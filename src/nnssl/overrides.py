@@ -158,6 +158,7 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | Iterable[str]
         optim=dataclasses.replace(cfg.optim),
         data=dataclasses.replace(cfg.data),
         arch=dataclasses.replace(cfg.arch),
+        eval=dataclasses.replace(cfg.eval),
         method_cfg=dataclasses.replace(cfg.method_cfg) if dataclasses.is_dataclass(cfg.method_cfg) else cfg.method_cfg,
     )
     keys = valid_keys(new)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +18,15 @@ DATA_PATH = [
     "nnssl.transforms.spatial",
     "nnssl.preprocessing.verify",
 ]
-CLIS = [
-    "convert_openmind", "demo", "extract_fingerprint", "plan_and_preprocess", "plan_experiment", "preprocess",
-    "train", "verify_dataset",
-]  # fmt: skip
+
+
+def _console_scripts() -> list[str]:
+    """Every ``nnssl.cli`` module behind a console script of pyproject.toml (``name = "nnssl.cli.X:main"``)."""
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    return sorted(set(re.findall(r'^nnssl_\w+ = "nnssl\.cli\.(\w+):main"', text, flags=re.MULTILINE)))
+
+
+CLIS = _console_scripts()
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -28,7 +28,7 @@ from nnssl.backbones.base import Backbone, Features, Reconstruction
 from nnssl.backbones.sparse import SparseEncoding
 from nnssl.transforms.masking import UnitMask
 
-#: Total stride of the stage used as the native dense grid (matches Primus' 8^3 tokens).
+#: Total stride of the stage used as the native dense grid (that of Primus with its default 8^3 tokens).
 DENSE_STRIDE = 8
 
 

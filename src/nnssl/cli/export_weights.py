@@ -12,8 +12,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nnssl.engine.checkpoint import CheckpointError
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -29,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from nnssl.engine.checkpoint import CheckpointError
     from nnssl.engine.export import export_weights
 
     try:

@@ -30,7 +30,7 @@ def _label_names(text: str | None) -> dict[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnssl.registration.convex_adam import ConvexAdamSettings
+    from nnssl.registration.settings import ConvexAdamSettings
 
     d = ConvexAdamSettings()
     parser = argparse.ArgumentParser(
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from nnssl.registration.convex_adam import ConvexAdamSettings
     from nnssl.registration.pipeline import RegistrationSettings
+    from nnssl.registration.settings import ConvexAdamSettings
 
     convex = ConvexAdamSettings(
         grid_spacing=args.grid_spacing,

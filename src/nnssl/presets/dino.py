@@ -221,4 +221,3 @@ def register_registration_recipe(demo: dict) -> None:
             "iBOT block masks, layer decay 0.9, GIN, no local crops, K 1024.",
         )
     )
-

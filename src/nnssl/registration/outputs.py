@@ -96,7 +96,7 @@ def save_figure(result: RegistrationResult, path: str | Path, grid_every: int = 
     shape = fixed.shape
     panels = [("fixed", fixed), ("moving (before)", result.moving_before), ("warped", result.warped)]
     low, high = np.percentile(fixed, [1, 99.5])
-    fig, axes = plt.subplots(3, 4, figsize=(12, 9), squeeze=False)
+    fig, axes = plt.subplots(3, 4, figsize=(11, 8.25), squeeze=False)
     for row, axis in enumerate(range(3)):
         index = shape[axis] // 2
         for col, (title, volume) in enumerate(panels):
@@ -126,7 +126,7 @@ def save_figure(result: RegistrationResult, path: str | Path, grid_every: int = 
     summary += f" | SDlogJ {metrics['sdlogj']:.3f}, folding {metrics['folding_percent']:.3f}%"
     fig.suptitle(summary, fontsize=9)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
+    fig.savefig(str(path), dpi=80)
     plt.close(fig)
 
 
