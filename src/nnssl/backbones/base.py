@@ -172,19 +172,10 @@ class Backbone(nn.Module):
         """Exactly ``floor(mask_ratio * n)`` (or ``counts[b]``) masked units per sample of an ``input_size`` input:
         uniformly chosen (``mode="random"``) or as random boxes (``"block"``, :func:`draw_block_mask`)."""
         size = self.input_size if input_size is None else tuple(input_size)
-        if mode == "block":
-            return draw_block_mask(
-                batch_size,
-                self.unit_grid(size, block_size),
-                self.mask_unit(block_size),
-                mask_ratio=mask_ratio,
-                counts=counts,
-                device=device,
-                generator=generator,
-            )
-        if mode != "random":
+        drawers = {"random": draw_unit_mask, "block": draw_block_mask}
+        if mode not in drawers:
             raise ValueError(f"Unknown mask mode '{mode}': use 'random' or 'block'.")
-        return draw_unit_mask(
+        return drawers[mode](
             batch_size,
             self.unit_grid(size, block_size),
             self.mask_unit(block_size),
