@@ -12,11 +12,13 @@ properties JSON is renamed last, so its presence marks a complete case (:func:`c
 
 Format (:class:`StoreFormat`, chosen with ``benchmarks/store_codecs.py`` on the preprocessed demo volumes; figures
 in documentation/data_path.md): LZ4HC level 9, byte shuffle with split streams, 64^3 chunks of 32^3 blocks. A
-160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 6% larger and decodes 2x
+160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 5% larger and decodes 2x
 faster; against the previous LZ4HC-5/16^3 default 4% smaller at the same decode speed. No lossless codec measured
-was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.97-0.99 of its size at 0.9-1.1x its
-decode speed). ``precision`` "float16" (half the bytes of upstream's store, 3.3x faster decode, relative error
-below 2^-11) or "mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
+was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.96-0.99 of its size at 0.9-1.1x its
+decode speed; ZSTD with split streams or bytedelta, LZ4HC with bytedelta, bitshuffle, block sides 16 to 64 and
+non-cubic blocks did not close the gap either: the best LZ4HC layout is 4% larger than upstream's store; issue 11).
+``precision`` "float16" (half the bytes of upstream's store, 3.5x faster decode, relative error below 2^-11) or
+"mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
 of every case is recorded in its properties (``storage``) with the file checksums (``checksums``), and blosc2
 decodes any codec, so stores written with older formats stay readable.
 """

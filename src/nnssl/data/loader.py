@@ -18,9 +18,14 @@ worker (seen after a worker had raised).
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).
 
-Batches (:class:`BatchCollator`). Each array key is copied once, sample by sample, into one batch buffer: shared
-memory in a worker (sent to the main process without another copy), a reused (pinned on CUDA) buffer in the main
-process. Mirrored views and half-precision images are flipped and cast by that one copy. Samples carry only the
+Batches (:class:`BatchCollator`). Each array key has one batch buffer: shared memory in a worker (sent to the main
+process without another copy), a reused (pinned on CUDA) buffer in the main process. The DataLoader fetches a
+batch's keys at once (:meth:`_SampleDataset.__getitems__`): a plain sample (neither rotated nor scaled) is drawn
+lazily (:class:`~nnssl.data.sampling.PlainRead`) and decoded straight into its slot, where only the part of the
+patch outside the case is zero-filled; mirrored, partial or half-precision boxes pass through a block-aligned slab
+scratch buffer and are flipped and cast by the one copy into the slot. Other samples (resampled, or transformed by
+the method) are copied once into their slots. The batch equals the per-sample path's (``dataset[key]`` then the
+collation), damaged cases included. Samples carry only the
 masks the method asks for (``SSLMethod.batch_masks``) and the case stores; a requested mask that some samples of a
 batch lack is filled with :data:`~nnssl.data.sampling.MASK_FILL`, and a batch where no sample has it lacks the key.
 

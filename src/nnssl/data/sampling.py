@@ -21,7 +21,9 @@ What a sample carries: ``image`` and ``unique_id``, plus the masks named in ``ma
 ``batch_masks``) that the case stores; nothing else (upstream and earlier versions filled two constant 160^3 int8
 masks into every sample). The collation fills a requested mask that some samples of a batch lack
 (:data:`MASK_FILL`). Arrays may be views: a plain sample's image is the decoded block itself, mirrored as a
-negative-stride view, so that the only copy is the one into the batch.
+negative-stride view, so that the only copy is the one into the batch. The loader asks for ``lazy`` samples: a
+plain sample then carries a :class:`PlainRead` per array, which the batch collation decodes straight into the
+batch slot (no patch-sized array of its own, no copy when the box is inside the case and not mirrored).
 
 Errors. Opening or decoding a case raises :class:`~nnssl.data.case_store.CaseReadError` naming the case's unique
 id and file; the loader skips such cases (see :mod:`nnssl.data.loader`).
