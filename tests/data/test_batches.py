@@ -142,8 +142,10 @@ def test_a_plain_read_decodes_into_its_slot_what_the_per_sample_read_returns(tmp
     case = _plain_read_case(tmp_path, precision)
     sampler = PatchSampler([tmp_path / "c"], (24, 24, 24), DataConfig())
     collate = BatchCollator((24, 24, 24))
+    plain_numpy = np.asarray(case.data[:])  # any array-like (open_fn may return one): decoded by slicing
+    arrays = ((case.data, np.float32), (case.masks["anonymization"], np.int8), (plain_numpy, np.float32))
     for (name, (lo, hi)), flips in itertools.product(BOXES.items(), itertools.product((False, True), repeat=3)):
-        for array, dtype in ((case.data, np.float32), (case.masks["anonymization"], np.int8)):
+        for array, dtype in arrays:
             expected = mirror(read_region(array, lo, hi), flips).astype(dtype)
             out = np.full((1, *np.subtract(hi, lo)), 7, dtype=dtype)  # stale values must all be overwritten
             PlainRead(sampler, 0, array, lo, hi, flips).read_into(out, collate._scratch_buffer)

@@ -160,11 +160,18 @@ def _slab_side(array: Any) -> int:
     return side * max(1, -(-32 // side))
 
 
+# blosc2's own decoder into a given array (what ``NDArray.__getitem__`` calls after allocating its result); where a
+# blosc2 version lacks it, boxes are decoded by slicing and copied (the per-sample path's cost, same voxels)
+_GET_SLICE_INTO = getattr(getattr(getattr(blosc2, "blosc2_ext", None), "NDArray", None), "get_slice_numpy", None)
+
+
 def _decode_into(array: Any, out: np.ndarray, start: Sequence[int], stop: Sequence[int]) -> bool:
     """Decode ``array[start:stop]`` of a blosc2 NDArray into the C-contiguous ``out``; False for other arrays."""
-    if not isinstance(array, blosc2.NDArray) or not out.flags.c_contiguous or out.dtype != array.dtype:
+    if _GET_SLICE_INTO is None or not isinstance(array, blosc2.NDArray):
         return False
-    blosc2.blosc2_ext.NDArray.get_slice_numpy(array, out, (tuple(start), tuple(stop)))
+    if not out.flags.c_contiguous or out.dtype != array.dtype:
+        return False
+    _GET_SLICE_INTO(array, out, (tuple(start), tuple(stop)))
     return True
 
 
