@@ -4,13 +4,17 @@ On real preprocessed cases (the demo volumes, preprocessed with ``onemmiso``, pl
 to 256^3, OpenMind-sized; or the ``.b2nd`` cases under ``--cases``), in one run and in CPU seconds:
 
 - decode limit: decoding exactly the voxels of a batch of 8 plain 160^3 crops (blosc2 slices);
-- the loader's plain batches (crop + mirror, MAE's masks) through the dataset and the collation, in process;
+- the loader's plain batches (crop + mirror, MAE's masks), in process: decoded straight into the batch slots
+  (``_SampleDataset.__getitems__``, what the loader does now) and per sample then copied (the path before);
 - the previous default, emulated: both masks filled into every sample, contiguous copies, ``default_collate``;
 - rotated/scaled samples: torch ``grid_sample`` (the CPU path now), scipy ``affine_transform`` order 1 (before) and
   order 3 (upstream's cubic), and the worker's share when resampling is deferred to the device (read only);
 - wall time of ``<script> --help`` for every console script against ``python -c pass``.
 
-    python benchmarks/loader_throughput.py [--cases FOLDER] [--batches 6]
+The plain-batch paths are timed in ``--rounds`` rounds, their order rotated every round, so that the load of a
+shared machine hits each alike; the figures are medians and minima over the rounds.
+
+    python benchmarks/loader_throughput.py [--cases FOLDER] [--batches 6] [--rounds 5] [--plain-only]
 """
 
 from __future__ import annotations
@@ -55,14 +59,17 @@ def cpu_seconds(fn) -> float:
     return time.process_time() - t
 
 
-def plain_batches(paths: list[Path], batches: int) -> None:
+def plain_batches(paths: list[Path], batches: int, rounds: int) -> None:
+    """CPU-s per plain batch of the decode limit and three loader paths, interleaved in ``rounds`` rounds."""
     cfg = DataConfig(rotation_p=0.0, scale_p=0.0)
     sampler = PatchSampler(paths, PATCH, cfg, masks=("anonymization_mask",))
-    dataset = _SampleDataset(sampler, 0, None, cyclic_cases=False)
-    keys = [[(0, 0, b * BATCH + j) for j in range(BATCH)] for b in range(batches)]
     collate = BatchCollator(PATCH)
-    for batch_keys in keys[:1]:  # warm the case cache and the buffer pool
-        collate([dataset[k] for k in batch_keys])
+    dataset = _SampleDataset(sampler, 0, None, cyclic_cases=False, collate=collate)
+    keys = [[(0, 0, b * BATCH + j) for j in range(BATCH)] for b in range(batches)]
+    per_sample_collate = BatchCollator(PATCH)
+    for batch_keys in keys[:1]:  # warm the case cache, the buffer pools and the scratch buffer
+        per_sample_collate([dataset[k] for k in batch_keys])
+        collate(dataset.__getitems__(batch_keys))
 
     def decode_only() -> None:
         for batch_keys in keys:
@@ -75,11 +82,15 @@ def plain_batches(paths: list[Path], batches: int) -> None:
                 inner = [slice(max(0, int(a)), min(s, int(a) + p)) for a, s, p in zip(lo, case.data.shape[1:], PATCH)]
                 np.asarray(case.data[(slice(None), *inner)])
 
-    def new_path() -> None:
+    def into_slots() -> None:  # the loader now: decoded straight into the batch slots (_SampleDataset.__getitems__)
         for batch_keys in keys:
-            collate([dataset[k] for k in batch_keys])
+            collate(dataset.__getitems__(batch_keys))
 
-    def previous_path() -> None:
+    def per_sample() -> None:  # the loader before: each sample decoded (zero-padded when it leaves the volume), copied
+        for batch_keys in keys:
+            per_sample_collate([dataset[k] for k in batch_keys])
+
+    def previous_default() -> None:
         for batch_keys in keys:
             samples = []
             for key in batch_keys:
@@ -90,10 +101,22 @@ def plain_batches(paths: list[Path], batches: int) -> None:
                 samples.append(sample)
             default_collate(samples)
 
-    limit, new, previous = cpu_seconds(decode_only), cpu_seconds(new_path), cpu_seconds(previous_path)
-    print(f"plain 160^3 batches of {BATCH} (CPU-s per batch): decode limit {limit / batches:.3f} | loader now "
-          f"{new / batches:.3f} ({new / limit:.2f}x the limit) | previous default (emulated) {previous / batches:.3f} "
-          f"({previous / limit:.2f}x the limit) | now / previous {new / previous:.2f}")  # fmt: skip
+    paths_ = {"decode limit": decode_only, "into slots (now)": into_slots, "per sample (before)": per_sample,
+              "previous default (emulated)": previous_default}  # fmt: skip
+    times: dict[str, list[float]] = {label: [] for label in paths_}
+    order = list(paths_)
+    for r in range(rounds):
+        for label in order[r % len(order) :] + order[: r % len(order)]:  # rotate the order every round
+            times[label].append(cpu_seconds(paths_[label]) / batches)
+    limit = np.array(times["decode limit"])
+    print(f"plain 160^3 batches of {BATCH}, {batches} batches x {rounds} interleaved rounds, CPU-s per batch "
+          "(median, min; ratio to the decode limit: median of per-round ratios, min):")  # fmt: skip
+    for label, values in times.items():
+        ratios = np.array(values) / limit
+        print(f"  {label:28s} {np.median(values):.3f} {np.min(values):.3f} | x limit {np.median(ratios):.2f} "
+              f"{np.min(ratios):.2f}")  # fmt: skip
+    gain = np.array(times["per sample (before)"]) / np.array(times["into slots (now)"])
+    print(f"  per sample / into slots: median {np.median(gain):.2f}, min {np.min(gain):.2f}, max {np.max(gain):.2f}")
 
 
 def rotated_samples(path: Path, samples: int) -> None:
@@ -145,6 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=Path, default=None, help="folder of stored .b2nd cases (default: demo)")
     parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the plain-batch paths")
+    parser.add_argument("--plain-only", action="store_true", help="skip rotated samples and script start-up")
     parser.add_argument("--rotated", type=int, default=6, help="rotated samples to time")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nnssl_loader_"))
@@ -157,9 +182,10 @@ def main() -> None:
             paths = preprocess_demo(work / "pipeline")
         big = padded_case(paths, work)
         print(f"{len(paths)} real cases + {big.name} {tuple(open_case(big).data.shape)}")
-        plain_batches([*paths, big], args.batches)
-        rotated_samples(big, args.rotated)
-        script_start_up()
+        plain_batches([*paths, big], args.batches, args.rounds)
+        if not args.plain_only:
+            rotated_samples(big, args.rotated)
+            script_start_up()
     finally:
         shutil.rmtree(work)
 

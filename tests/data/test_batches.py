@@ -13,6 +13,7 @@ from scipy import ndimage
 from nnssl.config import DataConfig, RunConfig, TrainConfig
 from nnssl.data.case_store import write_case
 from nnssl.data.loader import BatchCollator, build_train_loader
+from nnssl.data.sampling import PatchSampler
 from nnssl.overrides import ConfigError
 from nnssl.transforms.spatial import SpatialParams, affine_theta, read_region, resample_region_torch, source_region
 
@@ -109,3 +110,105 @@ def test_device_augmentation_settings_are_checked(smooth_cases: list[Path]) -> N
     cfg.data.spatial_augmentation_device = "cuda"
     with pytest.raises(ConfigError, match=r"trains on 'cpu'.*per-sample transform"):
         build_train_loader(smooth_cases, cfg, lambda s: s, device_type="cpu")
+
+
+def _plain_read_case(tmp_path: Path, precision: str = "float32"):
+    from nnssl.data.case_store import StoreFormat, open_case
+
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((1, 40, 44, 36)).astype(np.float32)
+    anon = (rng.random((1, 40, 44, 36)) > 0.5).astype(np.int8)
+    fmt = StoreFormat(chunk_side=16, block_side=8, precision=precision)  # several chunks per patch
+    write_case(tmp_path / "c", data, {"unique_id": "u"}, {"anonymization": anon}, fmt=fmt)
+    return open_case(tmp_path / "c")
+
+
+BOXES = {
+    "inside": ((5, 6, 4), (29, 30, 28)),
+    "inside, two slabs": ((10, 6, 4), (34, 30, 28)),
+    "partly outside, low": ((-7, 30, -3), (17, 54, 21)),
+    "partly outside, both sides": ((-2, -5, -1), (42, 49, 37)),
+    "fully outside": ((50, 0, 0), (74, 24, 24)),
+    "fully outside, negative": ((-30, -30, 5), (-6, -6, 29)),
+}
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_plain_read_decodes_into_its_slot_what_the_per_sample_read_returns(tmp_path: Path, precision: str) -> None:
+    """PlainRead.read_into == mirror(read_region(...)) for boxes inside, partly and fully outside, every mirroring."""
+    from nnssl.data.sampling import PlainRead
+    from nnssl.transforms.spatial import mirror
+
+    case = _plain_read_case(tmp_path, precision)
+    sampler = PatchSampler([tmp_path / "c"], (24, 24, 24), DataConfig())
+    collate = BatchCollator((24, 24, 24))
+    plain_numpy = np.asarray(case.data[:])  # any array-like (open_fn may return one): decoded by slicing
+    arrays = ((case.data, np.float32), (case.masks["anonymization"], np.int8), (plain_numpy, np.float32))
+    for (name, (lo, hi)), flips in itertools.product(BOXES.items(), itertools.product((False, True), repeat=3)):
+        for array, dtype in arrays:
+            expected = mirror(read_region(array, lo, hi), flips).astype(dtype)
+            out = np.full((1, *np.subtract(hi, lo)), 7, dtype=dtype)  # stale values must all be overwritten
+            PlainRead(sampler, 0, array, lo, hi, flips).read_into(out, collate._scratch_buffer)
+            np.testing.assert_array_equal(out, expected, err_msg=f"{name}, flips {flips}")
+    inside = np.asarray(case.data[:, 5:29, 6:30, 4:28], dtype=np.float32)
+    assert np.abs(inside).sum() > 100 and not (expected == 7).any()
+
+
+def _sampler_dataset(paths: list[Path], unreadable: float = 0.05, **cfg: float):
+    from nnssl.config import DataConfig as Data
+    from nnssl.data.loader import _SampleDataset
+    from nnssl.data.sampling import PatchSampler as Sampler
+
+    sampler = Sampler(paths, (24, 24, 24), Data(**cfg), masks=("anonymization_mask",))
+    return _SampleDataset(sampler, 11, None, False, False, unreadable, BatchCollator((24, 24, 24)))
+
+
+def test_the_batch_decoded_into_its_slots_equals_the_per_sample_batch(smooth_cases: list[Path], tmp_path: Path) -> None:
+    """Same keys -> same batch (images, masks, filled masks, ids) through __getitems__ as through per-sample reads."""
+    from nnssl.data.loader import AssembledBatch
+
+    small = tmp_path / "small"  # smaller than the patch on two axes: every patch of it leaves the volume
+    write_case(small, np.arange(30 * 24 * 18, dtype=np.float32).reshape(1, 30, 24, 18), {"unique_id": "s"})
+    paths = [*smooth_cases, tmp_path / "small.b2nd"]
+    for cfg in ({"rotation_p": 0.0, "scale_p": 0.0}, {"rotation_p": 0.4, "scale_p": 0.4}):
+        dataset = _sampler_dataset(paths, **cfg)
+        reference = BatchCollator((24, 24, 24))
+        ids, mixed = set(), 0
+        for b in range(6):
+            keys = [(0, 2, b * 4 + j) for j in range(4)]
+            assembled = dataset.__getitems__(keys)
+            assert isinstance(assembled, AssembledBatch)
+            new = dataset.collate(assembled)
+            old = reference([dataset[key] for key in keys])
+            assert set(new) == set(old) and new["unique_id"] == old["unique_id"]
+            for key in [k for k in ("image", "anonymization_mask") if k in old]:
+                assert new[key].dtype == old[key].dtype
+                assert torch.equal(new[key], old[key]), f"{key} differs in batch {b} with {cfg}"
+            ids.update(new["unique_id"])
+            mixed += "anonymization_mask" in old and "u0" in old["unique_id"] and len(set(old["unique_id"])) > 1
+        assert ids == {"u0", "u1", "s"}, "every case, with and without a stored mask, must be in the check"
+        assert mixed, "the check needs a batch mixing a stored mask with filled ones"
+
+
+def test_a_damaged_case_met_while_decoding_into_slots_gives_the_per_sample_batch(tmp_path: Path) -> None:
+    """A case that opens but cannot be decoded is skipped in the batched path exactly as in the per-sample path."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        write_case(tmp_path / f"d{i}", rng.standard_normal((1, 40, 40, 40)).astype(np.float32), {"unique_id": f"d{i}"})
+        paths.append(tmp_path / f"d{i}.b2nd")
+    raw = bytearray(paths[1].read_bytes())
+    a, b = int(len(raw) * 0.9), int(len(raw) * 0.97)
+    raw[a:b] = b"\xff" * (b - a)
+    paths[1].write_bytes(bytes(raw))
+    batched = _sampler_dataset(paths, 0.5, rotation_p=0.0, scale_p=0.0)
+    per_sample = _sampler_dataset(paths, 0.5, rotation_p=0.0, scale_p=0.0)
+    batched.sampler.patch_size = per_sample.sampler.patch_size = (40, 40, 40)  # whole volumes: every read fails
+    collate = BatchCollator((40, 40, 40))
+    for b in range(4):
+        keys = [(0, 0, b * 4 + j) for j in range(4)]
+        new = batched.collate(batched.__getitems__(keys))
+        old = collate([per_sample[key] for key in keys])
+        assert new["unique_id"] == old["unique_id"] and torch.equal(new["image"], old["image"])
+        assert "d1" not in new["unique_id"]
+    assert set(batched.unreadable) == set(per_sample.unreadable) == {1}

@@ -50,6 +50,24 @@ def test_chunks_tile_large_volumes():
     assert chunks == (1, 64, 64, 30) and blocks == (1, 32, 32, 30)
 
 
+def test_per_axis_block_sides_are_stored_and_checked(tmp_path):
+    """Non-cubic blocks (measured in benchmarks/store_codecs.py): (X, Y, Z) sides, capped and tiled per axis."""
+    from nnssl.data.case_store import StoreFormat
+
+    chunks, blocks = chunk_and_block_shape((1, 200, 240, 30), chunk_side=64, block_side=(32, 32, 64))
+    assert chunks == (1, 64, 64, 30) and blocks == (1, 32, 32, 30)
+    fmt = StoreFormat(block_side=[16, 32, 64])  # a list, as read back from JSON
+    assert fmt.block_side == (16, 32, 64) and fmt.to_dict()["block_side"] == (16, 32, 64)
+    data, masks = _case(np.random.default_rng(2))
+    write_case(tmp_path / "img", data, {}, masks, fmt=fmt)
+    case = open_case(tmp_path / "img")
+    assert case.data.blocks == (1, *[min(b, s) for b, s in zip((16, 32, 64), data.shape[1:])])
+    np.testing.assert_array_equal(case.data[:], data)
+    for bad in (0, (32, 32), (32, 0, 32), 16.0, True):
+        with pytest.raises(ValueError, match="block_side must be a positive int or three positive ints"):
+            StoreFormat(block_side=bad)
+
+
 def test_missing_json_or_leftover_temp_is_incomplete(tmp_path):
     data, masks = _case(np.random.default_rng(1))
     stem = tmp_path / "img"

@@ -12,11 +12,13 @@ properties JSON is renamed last, so its presence marks a complete case (:func:`c
 
 Format (:class:`StoreFormat`, chosen with ``benchmarks/store_codecs.py`` on the preprocessed demo volumes; figures
 in documentation/data_path.md): LZ4HC level 9, byte shuffle with split streams, 64^3 chunks of 32^3 blocks. A
-160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 6% larger and decodes 2x
+160^3 read decompresses only the blocks it touches. Against upstream's ZSTD-8 store it is 5% larger and decodes 2x
 faster; against the previous LZ4HC-5/16^3 default 4% smaller at the same decode speed. No lossless codec measured
-was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.97-0.99 of its size at 0.9-1.1x its
-decode speed). ``precision`` "float16" (half the bytes of upstream's store, 3.3x faster decode, relative error
-below 2^-11) or "mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
+was both as small as upstream's and 2x faster to decode (ZSTD levels reach 0.96-0.99 of its size at 0.9-1.1x its
+decode speed; ZSTD with split streams or bytedelta, LZ4HC with bytedelta, bitshuffle, block sides 16 to 64 and
+non-cubic blocks did not close the gap either: the best LZ4HC layout is 4% larger than upstream's store; issue 11).
+``precision`` "float16" (half the bytes of upstream's store, 3.5x faster decode, relative error below 2^-11) or
+"mantissa<N>" is the user's opt-in, recorded in the plans as ``storage_precision``. The format
 of every case is recorded in its properties (``storage``) with the file checksums (``checksums``), and blosc2
 decodes any codec, so stores written with older formats stay readable.
 """
@@ -64,8 +66,8 @@ class StoreFormat:
     codec: str = "LZ4HC"
     clevel: int = 9
     filters: tuple[str, ...] = ("SHUFFLE",)
-    chunk_side: int = 64
-    block_side: int = 32
+    chunk_side: int | tuple[int, int, int] = 64
+    block_side: int | tuple[int, int, int] = 32
     precision: str = "float32"
     splitmode: str = "ALWAYS_SPLIT"
 
@@ -76,6 +78,8 @@ class StoreFormat:
         if unknown:
             raise ValueError(f"Unknown blosc2 filter(s) {unknown}; use some of {list(blosc2.Filter.__members__)}.")
         object.__setattr__(self, "filters", tuple(self.filters))
+        for name in ("chunk_side", "block_side"):
+            object.__setattr__(self, name, _sides(getattr(self, name), name))
         if self.splitmode not in blosc2.SplitMode.__members__:
             known = list(blosc2.SplitMode.__members__)
             raise ValueError(f"Unknown blosc2 split mode '{self.splitmode}'; use one of {known}.")
@@ -99,6 +103,19 @@ class StoreFormat:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _sides(value: Any, name: str) -> int | tuple[int, int, int]:
+    """A positive cube side (int), or three positive per-axis sides (X, Y, Z) as a tuple (JSON gives lists)."""
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+    if positive(value):
+        return int(value)
+    if isinstance(value, Sequence) and len(value) == 3 and all(positive(v) for v in value):
+        return (int(value[0]), int(value[1]), int(value[2]))
+    raise ValueError(f"StoreFormat {name} must be a positive int or three positive ints (X, Y, Z); got {value!r}.")
 
 
 def mantissa_bits(precision: str) -> int | None:
@@ -161,18 +178,22 @@ def properties_path(stem: str | os.PathLike[str]) -> Path:
 
 
 def chunk_and_block_shape(
-    shape: Sequence[int], chunk_side: int = DEFAULT_FORMAT.chunk_side, block_side: int = DEFAULT_FORMAT.block_side
+    shape: Sequence[int],
+    chunk_side: int | Sequence[int] = DEFAULT_FORMAT.chunk_side,
+    block_side: int | Sequence[int] = DEFAULT_FORMAT.block_side,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Chunks and blocks for a (C, X, Y, Z) array: one channel, cubes of ``chunk_side`` and ``block_side``.
+    """Chunks and blocks for a (C, X, Y, Z) array: one channel, sides ``chunk_side`` and ``block_side``.
 
-    Spatial sides are capped at the array's extent; a chunk side is rounded to a multiple of the block side
-    so that blocks tile chunks.
+    A side is a cube side or three per-axis sides. Spatial sides are capped at the array's extent; a chunk side is
+    rounded to a multiple of the block side so that blocks tile chunks.
     """
     spatial = [int(s) for s in shape[1:]]
-    blocks = [max(1, min(block_side, s)) for s in spatial]
+    chunk_sides = [chunk_side] * 3 if isinstance(chunk_side, (int, np.integer)) else list(chunk_side)
+    block_sides = [block_side] * 3 if isinstance(block_side, (int, np.integer)) else list(block_side)
+    blocks = [max(1, min(int(b), s)) for b, s in zip(block_sides, spatial)]
     chunks = []
-    for s, b in zip(spatial, blocks):
-        c = min(chunk_side, s)
+    for s, b, cs in zip(spatial, blocks, chunk_sides):
+        c = min(int(cs), s)
         chunks.append(max(b, int(math.ceil(c / b)) * b))
     return (1, *chunks), (1, *blocks)
 

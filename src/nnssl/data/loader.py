@@ -18,9 +18,14 @@ worker (seen after a worker had raised).
 Batch size. ``TrainConfig.batch_size`` is the global batch; rank ``r`` of ``world_size`` gets
 :func:`per_rank_batch_size` samples (upstream: ceil(total / world), the last rank the remainder).
 
-Batches (:class:`BatchCollator`). Each array key is copied once, sample by sample, into one batch buffer: shared
-memory in a worker (sent to the main process without another copy), a reused (pinned on CUDA) buffer in the main
-process. Mirrored views and half-precision images are flipped and cast by that one copy. Samples carry only the
+Batches (:class:`BatchCollator`). Each array key has one batch buffer: shared memory in a worker (sent to the main
+process without another copy), a reused (pinned on CUDA) buffer in the main process. The DataLoader fetches a
+batch's keys at once (:meth:`_SampleDataset.__getitems__`): a plain sample (neither rotated nor scaled) is drawn
+lazily (:class:`~nnssl.data.sampling.PlainRead`) and decoded straight into its slot, where only the part of the
+patch outside the case is zero-filled; mirrored, partial or half-precision boxes pass through a block-aligned slab
+scratch buffer and are flipped and cast by the one copy into the slot. Other samples (resampled, or transformed by
+the method) are copied once into their slots. The batch equals the per-sample path's (``dataset[key]`` then the
+collation), damaged cases included. Samples carry only the
 masks the method asks for (``SSLMethod.batch_masks``) and the case stores; a requested mask that some samples of a
 batch lack is filled with :data:`~nnssl.data.sampling.MASK_FILL`, and a batch where no sample has it lacks the key.
 
@@ -53,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 
 from nnssl.config import RunConfig
 from nnssl.data.case_store import CaseReadError
-from nnssl.data.sampling import DEFERRED_KEY, MASK_FILL, DeferredResampling, PatchSampler
+from nnssl.data.sampling import DEFERRED_KEY, MASK_FILL, DeferredResampling, PatchSampler, PlainRead
 from nnssl.transforms.spatial import resample_region_torch
 
 logger = logging.getLogger(__name__)
@@ -127,8 +132,10 @@ class _SampleDataset(Dataset):
         cyclic_cases: bool,
         defer_resampling: bool = False,
         max_unreadable_fraction: float = 0.05,
+        collate: BatchCollator | None = None,
     ) -> None:
         self.sampler = sampler
+        self.collate = collate
         self.seed = int(seed)
         self.transform = transform
         self.cyclic_cases = cyclic_cases
@@ -140,8 +147,12 @@ class _SampleDataset(Dataset):
         return len(self.sampler)
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        return self._draw(key)[2]
+
+    def _draw(self, key: tuple[int, int, int], first: int = 0, lazy: bool = False) -> tuple[int, int, dict[str, Any]]:
+        """``(case, attempt, sample)`` of ``key``, trying attempts from ``first`` on (see the module docstring)."""
         stream, epoch, i = (int(k) for k in key)
-        for attempt in range(MAX_ATTEMPTS):
+        for attempt in range(first, MAX_ATTEMPTS):
             rng = np.random.default_rng([self.seed, stream, epoch, i, *([attempt] if attempt else [])])
             if self.cyclic_cases:
                 case = (i + attempt) % len(self.sampler)
@@ -150,15 +161,36 @@ class _SampleDataset(Dataset):
             if case in self.unreadable:
                 continue
             try:
-                sample = self.sampler.sample(case, rng, defer_resampling=self.defer_resampling)
+                sample = self.sampler.sample(case, rng, defer_resampling=self.defer_resampling, lazy=lazy)
             except CaseReadError as err:
                 self._skip(case, err)
                 continue
             if self.transform is not None:
                 with seeded_global_rngs(int(rng.integers(2**62))):
                     sample = self.transform(_contiguous(sample))
-            return sample
+            return case, attempt, sample
         raise UnreadableCasesError(self._summary(f"no readable case in {MAX_ATTEMPTS} draws"))
+
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> Any:
+        """A whole batch (torch's batched fetch): plain samples are decoded straight into their batch slots.
+
+        Without a collator, or with a per-sample transform (which needs the arrays), the samples are returned for
+        the DataLoader's ``collate_fn``. Otherwise the samples are drawn lazily and :attr:`collate` decodes them
+        sample by sample; when sample ``j`` turns out damaged, its case is skipped as in :meth:`__getitem__` and
+        samples ``j, j+1, ...`` are drawn again in order, so the batch equals the per-sample path's.
+        """
+        if self.collate is None or self.transform is not None:
+            return [self[key] for key in keys]
+        drawn = [self._draw(key, lazy=True) for key in keys]
+        while True:
+            try:
+                return AssembledBatch(self.collate([sample for _, _, sample in drawn]))
+            except SampleReadError as failure:
+                j = failure.index
+                case, attempt, _ = drawn[j]
+                self._skip(case, failure.error)
+                drawn[j:] = [self._draw(keys[j], attempt + 1, lazy=True)]
+                drawn += [self._draw(key, lazy=True) for key in keys[j + 1 :]]
 
     def _skip(self, case: int, err: CaseReadError) -> None:
         self.unreadable[case] = str(err)
@@ -178,6 +210,22 @@ class _SampleDataset(Dataset):
         )
 
 
+class SampleReadError(Exception):
+    """Sample ``index`` of a batch being assembled could not be decoded (``error``, naming the case)."""
+
+    def __init__(self, index: int, error: CaseReadError) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+class AssembledBatch:
+    """A batch assembled by :meth:`_SampleDataset.__getitems__`; :class:`BatchCollator` passes it through."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+
 class BatchCollator:
     """Stack samples into batch buffers with one copy per array (see the module docstring).
 
@@ -190,11 +238,14 @@ class BatchCollator:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.pin = pin
         self._pool: dict[str, tuple[torch.Tensor, torch.UntypedStorage]] = {}
+        self._scratch: dict[np.dtype, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": {}}
+        return {**self.__dict__, "_pool": {}, "_scratch": {}}
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any]] | AssembledBatch) -> dict[str, Any]:
+        if isinstance(samples, AssembledBatch):
+            return samples.batch
         deferred = [(i, s[DEFERRED_KEY]) for i, s in enumerate(samples) if DEFERRED_KEY in s]
         keys: list[str] = []
         for sample in samples:
@@ -202,18 +253,26 @@ class BatchCollator:
         for _, item in deferred:
             keys += [k for k in item.regions if k not in keys]
         batch: dict[str, Any] = {}
+        stacked: dict[str, torch.Tensor] = {}
         for key in keys:
             values = [s.get(key) for s in samples]
-            arrays = [v for v in values if isinstance(v, (np.ndarray, torch.Tensor))]
+            arrays = [v for v in values if isinstance(v, (np.ndarray, torch.Tensor, PlainRead))]
             if arrays or any(key in item.regions for _, item in deferred):
-                batch[key] = self._stack(key, values, deferred)
+                batch[key] = stacked[key] = self._allocate(key, values, deferred)
             else:
                 batch[key] = default_collate(values) if all(v is not None for v in values) else values
+        deferred_rows = {i for i, _ in deferred}
+        for i, sample in enumerate(samples):  # sample by sample: a damaged case is met in the per-sample order
+            for key, out in stacked.items():
+                try:
+                    self._fill(out, i, key, sample.get(key), i in deferred_rows)
+                except CaseReadError as err:
+                    raise SampleReadError(i, err) from err
         if deferred:
             batch[DEFERRED_KEY] = [(i, item) for i, item in deferred]
         return batch
 
-    def _stack(self, key: str, values: list[Any], deferred: list[tuple[int, DeferredResampling]]) -> torch.Tensor:
+    def _allocate(self, key: str, values: list[Any], deferred: list[tuple[int, DeferredResampling]]) -> torch.Tensor:
         present = next((v for v in values if v is not None), None)
         if present is not None:
             shape = tuple(present.shape)
@@ -221,18 +280,28 @@ class BatchCollator:
             channels = next(item.regions[key].shape[0] for _, item in deferred if key in item.regions)
             shape = (channels, *self.patch_size)
         dtype = torch.float32 if key == "image" else _torch_dtype(present, deferred, key)
-        out = self._buffer(key, (len(values), *shape), dtype)
-        target = out.numpy()
-        for i, value in enumerate(values):
-            if isinstance(value, torch.Tensor):
-                out[i].copy_(value)
-            elif value is not None:
-                np.copyto(target[i], value, casting="unsafe")
-            elif key in MASK_FILL:
-                target[i].fill(MASK_FILL[key])
-            elif not any(j == i for j, _ in deferred):
-                raise KeyError(f"Sample {i} of the batch has no '{key}' while others have it.")
-        return out
+        return self._buffer(key, (len(values), *shape), dtype)
+
+    def _fill(self, out: torch.Tensor, i: int, key: str, value: Any, deferred: bool) -> None:
+        """Write sample ``i``'s ``value`` of ``key`` into slot ``out[i]`` (a PlainRead is decoded into it)."""
+        if isinstance(value, torch.Tensor):
+            out[i].copy_(value)
+        elif isinstance(value, PlainRead):
+            value.read_into(out[i].numpy(), self._scratch_buffer)
+        elif value is not None:
+            np.copyto(out[i].numpy(), value, casting="unsafe")
+        elif key in MASK_FILL:
+            out[i].numpy().fill(MASK_FILL[key])
+        elif not deferred:
+            raise KeyError(f"Sample {i} of the batch has no '{key}' while others have it.")
+
+    def _scratch_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A reused C-contiguous array of ``shape`` (valid until the next call for the same dtype)."""
+        size = math.prod(shape)
+        flat = self._scratch.get(np.dtype(dtype))
+        if flat is None or flat.size < size:
+            flat = self._scratch[np.dtype(dtype)] = np.empty(size, dtype=dtype)
+        return flat[:size].reshape(shape)
 
     def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if get_worker_info() is not None:  # shared memory: the main process receives it without a copy
@@ -430,12 +499,12 @@ def build_train_loader(
         data_order=data_order,
         masks=masks,
     )
-    dataset = _SampleDataset(
-        sampler, cfg.train.seed, transform, False, device is not None, cfg.data.max_unreadable_fraction
-    )
-    batches = _EpochBatches(rank, per_rank_batch_size(cfg.train.batch_size, rank, world_size), None)
     pin = device_type == "cuda"
     collate = BatchCollator(cfg.train.patch_size, pin=pin and cfg.data.num_workers == 0)
+    dataset = _SampleDataset(
+        sampler, cfg.train.seed, transform, False, device is not None, cfg.data.max_unreadable_fraction, collate
+    )
+    batches = _EpochBatches(rank, per_rank_batch_size(cfg.train.batch_size, rank, world_size), None)
     return TrainLoader(dataset, batches, cfg.data.num_workers, pin, collate, device)
 
 
@@ -458,11 +527,11 @@ def build_val_loader(
     sampler = PatchSampler(
         paths, cfg.train.patch_size, cfg.data, augment=False, unique_ids=ids, open_fn=open_fn, masks=masks
     )
-    dataset = _SampleDataset(sampler, cfg.train.seed, transform, True, False, cfg.data.max_unreadable_fraction)
     batch_size = per_rank_batch_size(cfg.train.batch_size, rank, world_size)
     batches = _EpochBatches(VAL_STREAM, batch_size, cfg.train.val_iterations)
     num_workers = max(0, cfg.data.num_workers // 2)
     pin = device_type == "cuda"
     collate = BatchCollator(cfg.train.patch_size, pin=pin and num_workers == 0)
+    dataset = _SampleDataset(sampler, cfg.train.seed, transform, True, False, cfg.data.max_unreadable_fraction, collate)
     loader = TrainLoader(dataset, batches, num_workers, pin, collate)
     return lambda: loader.make_iter(0)
