@@ -148,14 +148,18 @@ def adam_stage(
         # grid_sample's float32 normalisation puts identity samples ~1e-6 off the voxel centres; Adam, being scale-
         # invariant, turns the resulting tiny but consistent gradients into steps of up to ~0.1 voxel where fixed and
         # moving are equal. Subtracting that rounding error makes zero displacement sample the moving map exactly.
-        rounding = warp(moving_a, torch.zeros_like(start)) - moving_a
+        identity = sampling_grid(torch.zeros_like(start))
+        rounding = F.grid_sample(moving_a, identity, padding_mode="border", align_corners=False) - moving_a
+        # sampling_grid(u) = identity + 2 u / size (xyz order), computed once instead of a mesh per iteration
+        per_voxel = 2.0 / torch.tensor(coarse_shape, dtype=start.dtype, device=start.device).flip(0)
     params = torch.nn.Parameter(start.float().clone())
     optimizer = torch.optim.Adam([params], lr=settings.adam_lr)
     smoothed = params
     for _ in range(settings.adam_iterations):
         optimizer.zero_grad(set_to_none=True)
         smoothed = smooth_field(params, settings.smoothing_kernel, settings.smoothing_passes)
-        moved = warp(moving_a, smoothed) - rounding
+        grid = identity + smoothed.permute(0, 2, 3, 4, 1).flip(-1) * per_voxel
+        moved = F.grid_sample(moving_a, grid, padding_mode="border", align_corners=False) - rounding
         data = (moved - fixed_a).pow(2).sum(1).mean()
         loss = data + settings.regularisation * diffusion_regulariser(smoothed)
         loss.backward()
