@@ -15,7 +15,9 @@ raises KeyboardInterrupt), so a calling program does not carry on as if nothing 
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -34,9 +36,20 @@ def ignore_stop_signals() -> None:
 
 
 def reraise_stop_signal(signum: int) -> None:
-    """Deliver ``signum`` to this process again, now that the run's handlers are gone (default: terminate)."""
+    """Deliver ``signum`` again, now that the run's handlers are gone: the caller's Python handler is called directly
+    (``default_int_handler`` raises KeyboardInterrupt), an ignored signal stays ignored, and the default action
+    (terminate) comes from a real signal to the process.
+
+    Not ``signal.raise_signal``: it sends the signal to the calling thread only, and when a library has left the
+    signal blocked in the main thread's mask it stays pending, so a Python caller carried on as if nothing happened
+    (seen as a flaky ``test_ctrl_c_in_a_python_caller_saves_then_raises_keyboard_interrupt`` in full-suite runs).
+    """
     logger.warning("Re-raising %s now that checkpoint_latest is saved.", signal.Signals(signum).name)
-    signal.raise_signal(signum)
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, inspect.currentframe())
+    elif handler != signal.SIG_IGN:
+        os.kill(os.getpid(), signum)  # process-directed: any thread that does not block it takes the default action
 
 
 class GracefulStop:
