@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -130,8 +131,18 @@ def test_a_python_caller_gets_sigterm_back_after_the_graceful_stop(demo_env: Pat
 
 
 def test_ctrl_c_in_a_python_caller_saves_then_raises_keyboard_interrupt(demo_env: Path, signal_at) -> None:
-    signal_at(signal.SIGINT, 1)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(_request())
-    assert torch.load(run_folder(demo_env) / "checkpoint_latest.pth", weights_only=True)["global_step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The caller this test is about has Python's default Ctrl-C handler. In some full-suite runs an earlier test (not
+    # identified yet) left another SIGINT handler in the pytest process, and the run then correctly handed the signal
+    # to that handler instead: say so in the warnings summary, and set the default for this test.
+    found = signal.getsignal(signal.SIGINT)
+    if found is not signal.default_int_handler:
+        warnings.warn(f"SIGINT handler left by an earlier test: {found!r}", stacklevel=1)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal_at(signal.SIGINT, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(_request())
+        assert torch.load(run_folder(demo_env) / "checkpoint_latest.pth", weights_only=True)["global_step"] == 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
