@@ -254,7 +254,9 @@ def register_prepared(
     warped_label = None
     if fixed.label is not None and moving.label is not None:
         values = _label_values(fixed.label, moving.label)
-        identity_positions = moving_positions(fixed.shape, voxel_map(fixed.affine, moving.affine))
+        identity_positions = (
+            moving_positions(fixed.shape, voxel_map(fixed.affine, moving.affine)) if pre_aligned else positions
+        )
         before = sample_moving(moving.label[None], identity_positions, mode="nearest", outside="zeros")[0]
         metrics["dice_before"], metrics["mean_dice_before"] = _dice_block(before.numpy(), fixed.label, values, names)
         if pre_aligned:
